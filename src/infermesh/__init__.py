@@ -1,0 +1,7 @@
+"""infermesh: an open, self-hostable decentralized inference network."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,3 @@
+from infermesh.cli import main
+
+main()

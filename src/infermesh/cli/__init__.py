@@ -1,0 +1,25 @@
+"""The ``infermesh`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from infermesh.cli.db import db_app
+from infermesh.cli.keys import keys_app
+from infermesh.cli.models import models_app
+from infermesh.cli.serve import serve
+
+app = typer.Typer(
+    name="infermesh",
+    help="infermesh: an open, self-hostable decentralized inference network.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command()(serve)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,33 @@
+"""Options shared by the CLI commands, and how they become Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from infermesh.config import Settings
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (env INFERMESH_DATA_DIR).", show_default=False),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Database URL, e.g. postgresql+asyncpg://… (env INFERMESH_DATABASE_URL).",
+        show_default=False,
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="Model catalog TOML (env INFERMESH_CONFIG).", show_default=False),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the CLI options that were given on top."""
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})

@@ -1,0 +1,46 @@
+"""Settings: the only place that reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of a gateway (and its in-process worker).
+
+    Every field can be set as ``INFERMESH_<NAME>`` in the environment; CLI options
+    override the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INFERMESH_", extra="ignore")
+
+    data_dir: Path = Path(".infermesh")
+    database_url: str | None = None
+    config: Path | None = Field(
+        default=None, description="TOML model catalog; defaults to <data_dir>/models.toml"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_image_bytes: int = 5 * 1024 * 1024
+    log_json: bool = False
+    log_level: str = "info"
+    embedded_worker: bool = True
+    engine_max_batch: int = 8
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'infermesh.db').resolve()}"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.config if self.config is not None else self.data_dir / "models.toml"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

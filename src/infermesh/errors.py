@@ -1,0 +1,87 @@
+"""The one error tree of infermesh.
+
+Services raise these; the gateway renders every one of them as OpenAI's error
+envelope ``{"error": {"message", "type", "param", "code"}}`` with its status.
+"""
+
+from __future__ import annotations
+
+
+class InfermeshError(Exception):
+    """Base of every error that reaches an API client."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+
+class InvalidRequest(InfermeshError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(InfermeshError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(InfermeshError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class PayloadTooLarge(InfermeshError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NoWorkerAvailable(InfermeshError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "no_worker_available"
+
+
+class BackendError(InfermeshError):
+    """The engine behind a worker failed while serving a request."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "backend_error"
+
+
+class UpstreamRejected(InfermeshError):
+    """An upstream OpenAI-compatible engine refused the request as invalid (its 4xx)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+
+class ConfigError(Exception):
+    """Bad configuration found at start-up or by a CLI command (not an API error)."""

@@ -1,0 +1,1 @@
+"""The worker side: what runs jobs on a real inference engine."""
