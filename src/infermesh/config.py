@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     embedded_worker: bool = True
     engine_max_batch: int = 8
+    device: str | None = None
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,0 +1,249 @@
+"""The account service: accounts, their API keys, and authenticating a key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from infermesh.accounts.keys import (
+    display_prefix,
+    generate_key,
+    generate_key_id,
+    hash_key,
+    is_well_formed,
+)
+from infermesh.accounts.records import (
+    AccountExists,
+    AccountRecord,
+    CreatedKey,
+    KeyRecord,
+    KeyRevoked,
+    Principal,
+)
+from infermesh.errors import InvalidRequest, NotFound
+from infermesh.store import Account, ApiKey, Database, transaction_lock, utcnow
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+BOOTSTRAP_KEY_NAME = "bootstrap"
+_MAX_NAME_LENGTH = 200
+_MAX_TIER_LENGTH = 32
+
+
+class AccountService:
+    """Creates accounts and keys, lists, revokes and rotates keys, authenticates them.
+
+    ``clock`` gives the current UTC time (tests pass their own).
+    """
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create_account(self, name: str, *, tier: str = "free") -> AccountRecord:
+        """Create the account ``name``; raises :class:`AccountExists` if it is taken."""
+        _check_account(name, tier)
+        account = Account(name=name, tier=tier, created_at=self._clock())
+        try:
+            async with self._db.session() as session, session.begin():
+                session.add(account)
+        except IntegrityError as exc:
+            raise AccountExists(f"An account named '{name}' already exists.", param="name") from exc
+        return _account_record(account)
+
+    async def create_key(
+        self,
+        account: str,
+        *,
+        name: str | None = None,
+        create_account: bool = True,
+        tier: str = "free",
+    ) -> CreatedKey:
+        """A new key for the account named ``account``; the raw key is in the result only.
+
+        A missing account is created (with ``tier``) when ``create_account`` is true,
+        else it is :class:`NotFound`. ``tier`` does not change an existing account.
+        """
+        _check_key_name(name)
+        async with self._db.session() as session, session.begin():
+            owner = await self._find_account(session, account)
+            if owner is None:
+                if not create_account:
+                    raise NotFound(f"No account named '{account}'.", param="account")
+                owner = await self._add_account(session, account, tier)
+            return await self._add_key(session, owner, name)
+
+    async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
+        """Every key (revoked ones too), oldest first; only ``account``'s if given."""
+        query = _keys_query().order_by(ApiKey.created_at, ApiKey.id)
+        if account is not None:
+            query = query.where(Account.name == account)
+        async with self._db.session(read_only=True) as session:
+            rows = (await session.execute(query)).tuples().all()
+        return [_key_record(key, owner) for key, owner in rows]
+
+    async def get_key(self, key_id: str) -> KeyRecord:
+        """The key ``key_id``; :class:`NotFound` if there is none."""
+        async with self._db.session(read_only=True) as session:
+            key, owner = await _key_or_not_found(session, key_id, lock=False)
+        return _key_record(key, owner)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        """Revoke ``key_id`` (revoking a revoked key changes nothing)."""
+        async with self._db.session() as session, session.begin():
+            key, owner = await _key_or_not_found(session, key_id, lock=True)
+            if key.revoked_at is None:
+                key.revoked_at = self._clock()
+        return _key_record(key, owner)
+
+    async def rotate_key(self, key_id: str) -> CreatedKey:
+        """Replace ``key_id`` by a new key of the same account and name, in one transaction.
+
+        The old key is revoked; a revoked key can't be rotated (:class:`KeyRevoked`).
+        """
+        async with self._db.session() as session, session.begin():
+            key, owner = await _key_or_not_found(session, key_id, lock=True)
+            if key.revoked_at is not None:
+                raise KeyRevoked(f"API key '{key_id}' is revoked.", param="key_id")
+            key.revoked_at = self._clock()
+            return await self._add_key(session, owner, key.name)
+
+    async def authenticate(self, raw_key: str) -> Principal | None:
+        """Who holds ``raw_key``; None if it is malformed, unknown or revoked.
+
+        One indexed lookup by hash; ``last_used_at`` is written at most once a minute.
+        """
+        if not is_well_formed(raw_key):
+            return None
+        query = (
+            select(ApiKey.id, ApiKey.account_id, Account.name, Account.tier, ApiKey.last_used_at)
+            .join(Account, ApiKey.account_id == Account.id)
+            .where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
+        )
+        async with self._db.session(read_only=True) as session:
+            row = (await session.execute(query)).one_or_none()
+        if row is None:
+            return None
+        key_id, account_id, account_name, tier, last_used_at = row
+        now = self._clock()
+        if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
+            await self._touch(key_id, now)
+        return Principal(key_id=key_id, account_id=account_id, account_name=account_name, tier=tier)
+
+    async def bootstrap(self, account: str = "default") -> CreatedKey | None:
+        """On a database without accounts, create ``account`` and a key, and return it.
+
+        Returns None when any account exists. Concurrent callers are serialized; at
+        most one of them gets a key.
+        """
+        try:
+            async with self._db.session() as session, session.begin():
+                await transaction_lock(session, "infermesh.accounts.bootstrap")
+                if await session.scalar(select(Account.id).limit(1)) is not None:
+                    return None
+                owner = await self._add_account(session, account, "free")
+                return await self._add_key(session, owner, BOOTSTRAP_KEY_NAME)
+        except IntegrityError:  # another process created the same account meanwhile
+            return None
+
+    async def _find_account(self, session: AsyncSession, name: str) -> Account | None:
+        found: Account | None = await session.scalar(select(Account).where(Account.name == name))
+        return found
+
+    async def _add_account(self, session: AsyncSession, name: str, tier: str) -> Account:
+        """Insert the account ``name``, or take the one a concurrent transaction inserted."""
+        _check_account(name, tier)
+        account = Account(name=name, tier=tier, created_at=self._clock())
+        try:
+            async with session.begin_nested():
+                session.add(account)
+        except IntegrityError:
+            existing = await self._find_account(session, name)
+            if existing is None:
+                raise
+            return existing
+        return account
+
+    async def _add_key(self, session: AsyncSession, owner: Account, name: str | None) -> CreatedKey:
+        raw_key = generate_key()
+        key = ApiKey(
+            id=generate_key_id(),
+            account_id=owner.id,
+            name=name,
+            prefix=display_prefix(raw_key),
+            key_hash=hash_key(raw_key),
+            created_at=self._clock(),
+        )
+        session.add(key)
+        await session.flush()
+        return CreatedKey(key=raw_key, record=_key_record(key, owner))
+
+    async def _touch(self, key_id: str, now: datetime) -> None:
+        """Record a use of ``key_id`` unless one was recorded in the last minute."""
+        statement = (
+            update(ApiKey)
+            .where(
+                ApiKey.id == key_id,
+                or_(
+                    ApiKey.last_used_at.is_(None),
+                    ApiKey.last_used_at <= now - LAST_USED_RESOLUTION,
+                ),
+            )
+            .values(last_used_at=now)
+        )
+        async with self._db.session() as session, session.begin():
+            await session.execute(statement)
+
+
+def _keys_query() -> Select[tuple[ApiKey, Account]]:
+    return select(ApiKey, Account).join(Account, ApiKey.account_id == Account.id)
+
+
+async def _key_or_not_found(
+    session: AsyncSession, key_id: str, *, lock: bool
+) -> tuple[ApiKey, Account]:
+    query = _keys_query().where(ApiKey.id == key_id)
+    if lock:
+        query = query.with_for_update(of=ApiKey)
+    row = (await session.execute(query)).tuples().one_or_none()
+    if row is None:
+        raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
+    return row
+
+
+def _check_account(name: str, tier: str) -> None:
+    if not name.strip() or len(name) > _MAX_NAME_LENGTH:
+        raise InvalidRequest(
+            f"An account name must have 1 to {_MAX_NAME_LENGTH} characters.", param="name"
+        )
+    if not tier.strip() or len(tier) > _MAX_TIER_LENGTH:
+        raise InvalidRequest(f"A tier must have 1 to {_MAX_TIER_LENGTH} characters.", param="tier")
+
+
+def _check_key_name(name: str | None) -> None:
+    if name is not None and len(name) > _MAX_NAME_LENGTH:
+        raise InvalidRequest(
+            f"A key name must have at most {_MAX_NAME_LENGTH} characters.", param="name"
+        )
+
+
+def _account_record(account: Account) -> AccountRecord:
+    return AccountRecord(
+        id=account.id, name=account.name, tier=account.tier, created_at=account.created_at
+    )
+
+
+def _key_record(key: ApiKey, owner: Account) -> KeyRecord:
+    return KeyRecord(
+        id=key.id,
+        account_id=owner.id,
+        account=owner.name,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+        last_used_at=key.last_used_at,
+    )

@@ -1,0 +1,1 @@
+"""Chat completions: check a request against its model, run it on a worker, shape the answer."""

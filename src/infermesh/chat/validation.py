@@ -1,0 +1,90 @@
+"""Checks of a chat request against the model it names, before anything is dispatched."""
+
+from __future__ import annotations
+
+from infermesh.catalog.spec import ModelSpec
+from infermesh.chat.images import check_image_url
+from infermesh.errors import InvalidRequest
+from infermesh.protocol.chat import ChatCompletionRequest, ImagePart, NamedToolChoice
+
+MAX_STOP_SEQUENCES = 4
+
+
+def check_request(request: ChatCompletionRequest, spec: ModelSpec, *, max_image_bytes: int) -> None:
+    """Raise :class:`InvalidRequest` for anything the model or the gateway cannot honour."""
+    if request.n is not None and request.n > 1:
+        raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_parameter")
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "stream_options is only allowed when stream is true.", param="stream_options"
+        )
+    _check_stop(request)
+    _check_max_tokens(request, spec)
+    _check_tools(request, spec)
+    _check_messages(request, spec, max_image_bytes=max_image_bytes)
+
+
+def _check_stop(request: ChatCompletionRequest) -> None:
+    stops = request.stop_list()
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(
+            f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop"
+        )
+    if any(stop == "" for stop in stops):
+        raise InvalidRequest("Stop sequences must not be empty.", param="stop")
+
+
+def _check_max_tokens(request: ChatCompletionRequest, spec: ModelSpec) -> None:
+    requested = request.requested_max_tokens()
+    if requested is not None and requested > spec.context_length:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise InvalidRequest(
+            f"{param} is {requested}, more than the context length of '{spec.id}' "
+            f"({spec.context_length} tokens).",
+            param=param,
+        )
+
+
+def _check_tools(request: ChatCompletionRequest, spec: ModelSpec) -> None:
+    if request.tools and not spec.capabilities.tools:
+        raise InvalidRequest(
+            f"The model '{spec.id}' does not support tools.",
+            param="tools",
+            code="tools_not_supported",
+        )
+    choice = request.tool_choice
+    if choice is None or choice == "none":
+        return
+    if not request.tools:
+        raise InvalidRequest("tool_choice needs tools.", param="tool_choice")
+    if isinstance(choice, NamedToolChoice):
+        names = {tool.function.name for tool in request.tools}
+        if choice.function.name not in names:
+            raise InvalidRequest(
+                f"tool_choice names '{choice.function.name}', which is not in tools.",
+                param="tool_choice",
+            )
+
+
+def _check_messages(
+    request: ChatCompletionRequest, spec: ModelSpec, *, max_image_bytes: int
+) -> None:
+    for index, message in enumerate(request.messages):
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequest(
+                "Messages with role 'tool' need a tool_call_id.",
+                param=f"messages[{index}].tool_call_id",
+            )
+        if not isinstance(message.content, list):
+            continue
+        for part_index, part in enumerate(message.content):
+            if not isinstance(part, ImagePart):
+                continue
+            param = f"messages[{index}].content[{part_index}].image_url"
+            if not spec.capabilities.vision:
+                raise InvalidRequest(
+                    f"The model '{spec.id}' does not accept images.",
+                    param=param,
+                    code="vision_not_supported",
+                )
+            check_image_url(part.image_url.url, param=param, max_bytes=max_image_bytes)

@@ -1,0 +1,89 @@
+"""``infermesh serve``: the gateway, with an in-process worker on the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from infermesh.accounts.service import AccountService
+from infermesh.catalog.store import CatalogFile
+from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, make_settings
+from infermesh.config import Settings
+from infermesh.gateway.app import create_app
+from infermesh.store.database import Database
+from infermesh.telemetry import configure_logging
+
+console = Console(stderr=True)
+
+
+async def _prepare(settings: Settings) -> str | None:
+    """Migrate the database and, on an empty one, create the first account and key."""
+    database = Database.from_settings(settings)
+    try:
+        await database.migrate()
+        created = await AccountService(database).bootstrap()
+    finally:
+        await database.dispose()
+    return created.key if created else None
+
+
+def serve(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")
+    ] = True,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log lines as JSON.")] = False,
+) -> None:
+    """Run the gateway (OpenAI-compatible API) and an in-process worker."""
+    settings = make_settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        config=config,
+        host=host,
+        port=port,
+        embedded_worker=worker,
+        log_json=log_json or None,
+    )
+    configure_logging(level=settings.log_level, as_json=settings.log_json)
+    catalog = CatalogFile(settings.catalog_path)
+    if not catalog.exists():
+        catalog.save(catalog.load_or_default())
+    first_key = asyncio.run(_prepare(settings))
+    _print_welcome(settings, first_key, [spec.id for spec in catalog.load()])
+    app = create_app(settings, secrets=dict(os.environ))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+def _print_welcome(settings: Settings, first_key: str | None, models: list[str]) -> None:
+    base_url = f"http://{settings.host}:{settings.port}/v1"
+    if first_key:
+        console.print(
+            Panel.fit(
+                f"[bold]{first_key}[/bold]\n\nThis is the first API key of account 'default'. "
+                "It is shown once and never again: save it now.",
+                title="API key",
+                border_style="green",
+            )
+        )
+    lines = [
+        f"base_url  {base_url}",
+        f"models    {', '.join(models) or '(none)'}",
+        f"data dir  {settings.data_dir.resolve()}",
+    ]
+    console.print(Panel.fit("\n".join(lines), title="infermesh gateway", border_style="cyan"))
+    console.print(
+        f"Try: curl {base_url}/chat/completions -H 'Authorization: Bearer $KEY' "
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{models[0] if models else "MODEL"}", '
+        '"messages": [{"role": "user", "content": "Hello"}]}\''
+    )

@@ -1,0 +1,116 @@
+"""The gateway's app factory. Building the app has no side effects; its lifespan
+opens the database, loads the catalog and starts the in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from infermesh import __version__
+from infermesh.accounts.service import AccountService
+from infermesh.catalog.catalog import Catalog
+from infermesh.catalog.spec import ModelSpec
+from infermesh.catalog.store import CatalogFile
+from infermesh.chat.service import ChatService
+from infermesh.config import Settings
+from infermesh.gateway.errors import install_error_handlers
+from infermesh.gateway.middleware import RequestContextMiddleware
+from infermesh.gateway.routes import chat, health, models
+from infermesh.gateway.state import Services
+from infermesh.mesh.local import InProcessWorker
+from infermesh.mesh.registry import WorkerRegistry
+from infermesh.store.database import Database
+from infermesh.telemetry import Metrics
+from infermesh.worker.host import HostOptions, ModelHost
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    specs: list[ModelSpec] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The gateway app. ``specs`` overrides the catalog file; ``secrets`` holds the
+    environment variables that upstream keys are read from."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog_specs = (
+            specs if specs is not None else CatalogFile(settings.catalog_path).load_or_default()
+        )
+        database = Database.from_settings(settings)
+        await database.migrate()
+        registry = WorkerRegistry()
+        catalog = Catalog(catalog_specs)
+        app.state.services = Services(
+            settings=settings,
+            database=database,
+            accounts=AccountService(database),
+            catalog=catalog,
+            registry=registry,
+            chat=ChatService(catalog, registry, max_image_bytes=settings.max_image_bytes),
+            metrics=metrics,
+        )
+        host = _embedded_host(settings, catalog_specs, secrets or {})
+        starting = asyncio.create_task(_start_worker(host, registry)) if host else None
+        try:
+            yield
+        finally:
+            if starting is not None:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            if host is not None:
+                await host.close()
+            await database.dispose()
+
+    app = FastAPI(
+        title="infermesh",
+        version=__version__,
+        summary="OpenAI-compatible gateway of a decentralized inference network",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_json=settings.log_json,
+    )
+    return app
+
+
+def _embedded_host(
+    settings: Settings, specs: list[ModelSpec], secrets: Mapping[str, str]
+) -> ModelHost | None:
+    served = [spec for spec in specs if spec.serve is not None]
+    if not settings.embedded_worker or not served:
+        return None
+    options = HostOptions(
+        models_dir=settings.models_dir,
+        max_batch_size=settings.engine_max_batch,
+        device=settings.device,
+        secrets=secrets,
+    )
+    return ModelHost(served, options)
+
+
+async def _start_worker(host: ModelHost, registry: WorkerRegistry) -> None:
+    """Start the in-process worker in the background; its models become available after."""
+    try:
+        await host.start()
+    except Exception:
+        logger.exception("the in-process worker failed to start; its models stay unavailable")
+        return
+    registry.add(InProcessWorker(host))

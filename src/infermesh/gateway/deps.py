@@ -1,0 +1,57 @@
+"""FastAPI dependencies: the services, the caller's identity, the request record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from infermesh.accounts.records import Principal
+from infermesh.errors import Unauthorized
+from infermesh.gateway.middleware import request_record
+from infermesh.gateway.state import Services
+from infermesh.telemetry import RequestRecord
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_record(request: Request) -> RequestRecord:
+    return request_record(request.state)
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key from ``Authorization: Bearer`` or ``X-API-Key``."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+async def authenticate(
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    record: Annotated[RequestRecord, Depends(get_record)],
+) -> Principal:
+    raw_key = presented_key(request)
+    if raw_key is None:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
+            "or 'X-API-Key: <key>'.",
+            code="missing_api_key",
+        )
+    principal = await services.accounts.authenticate(raw_key)
+    if principal is None:
+        raise Unauthorized("Incorrect or revoked API key provided.")
+    record.key_id = principal.key_id
+    return principal
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+RecordDep = Annotated[RequestRecord, Depends(get_record)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -1,0 +1,131 @@
+"""Request context for every HTTP request: id, body size limit, errors, log line, metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from infermesh.errors import PayloadTooLarge
+from infermesh.gateway.errors import error_response, render
+from infermesh.telemetry import Metrics, RequestRecord, access_logger_name, format_access_line
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(access_logger_name)
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware (streams pass through untouched).
+
+    - gives each request an id (a client's own ``x-request-id`` is kept if sane) and
+      returns it as ``x-request-id`` on every response, errors included;
+    - refuses bodies over ``max_body_bytes`` with 413;
+    - turns any unexpected exception into a 500 envelope, never a bare page;
+    - writes one access-log line and the metrics when the response is over.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_json: bool
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.log_json = log_json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = RequestRecord(
+            request_id=_request_id(scope), method=scope["method"], path=scope["path"]
+        )
+        scope.setdefault("state", {})["record"] = record
+        started = time.perf_counter()
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                record.status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", record.request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if _declared_length(scope) > self.max_body_bytes:
+                await render(self._too_large())(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
+        except Exception:
+            logger.exception("unhandled error in request %s", record.request_id)
+            if not response_started:
+                response = error_response(
+                    500,
+                    "The server had an error while processing your request. "
+                    f"Quote the request id {record.request_id} if you report it.",
+                    error_type="server_error",
+                    code="internal_error",
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            record.route = getattr(scope.get("route"), "path", "unmatched")
+            record.latency_ms = (time.perf_counter() - started) * 1000
+            self.metrics.observe(record)
+            access_logger.info(format_access_line(record, as_json=self.log_json))
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()
+            return message
+
+        return limited_receive
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is larger than the limit of {self.max_body_bytes} bytes."
+        )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = bytes(value).decode("latin-1")
+            if _CLIENT_REQUEST_ID.match(candidate):
+                return candidate
+    return new_request_id()
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def request_record(state: Any) -> RequestRecord:
+    """The record the middleware put in a request's state."""
+    record = getattr(state, "record", None)
+    assert isinstance(record, RequestRecord), "RequestContextMiddleware is not installed"
+    return record

@@ -1,0 +1,64 @@
+"""``POST /v1/chat/completions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from infermesh.chat.service import Generation
+from infermesh.gateway.deps import PrincipalDep, RecordDep, ServicesDep
+from infermesh.gateway.errors import invalid_request_from
+from infermesh.protocol.chat import ChatCompletionRequest
+
+router = APIRouter()
+
+
+class GenerationStream(StreamingResponse):
+    """An SSE response that always releases its generation, even if never iterated."""
+
+    def __init__(self, content: Any, generation: Generation, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generation.aclose()
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_request_from(list(exc.errors())) from None
+
+
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_chat_completion(
+    request: Request, principal: PrincipalDep, services: ServicesDep, record: RecordDep
+) -> Response:
+    """Chat completion, streamed as server-sent events when ``stream`` is true."""
+    chat_request = parse_chat_request(await request.body())
+    generation = await services.chat.start(chat_request, record)
+    headers = {"x-infermesh-node-id": generation.identity.node_id}
+    if chat_request.stream:
+        options = chat_request.stream_options
+        include_usage = bool(options and options.include_usage)
+        events = services.chat.stream(generation, include_usage=include_usage)
+        headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        return GenerationStream(events, generation, headers)
+    completion = await services.chat.collect(generation)
+    return JSONResponse(completion.model_dump(mode="json"), headers=headers)

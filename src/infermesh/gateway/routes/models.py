@@ -1,0 +1,37 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: the catalog with live availability."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from infermesh.catalog.spec import ModelSpec
+from infermesh.gateway.deps import ServicesDep
+from infermesh.mesh.registry import WorkerRegistry
+from infermesh.protocol.models import ModelList, ModelObject
+
+router = APIRouter()
+
+
+def model_object(spec: ModelSpec, registry: WorkerRegistry) -> ModelObject:
+    return ModelObject(
+        id=spec.id,
+        created=spec.created,
+        owned_by=spec.owned_by,
+        tier=spec.tier,
+        params=spec.params,
+        description=spec.description,
+        context_length=spec.context_length,
+        capabilities=spec.capabilities,
+        available=registry.is_available(spec.id),
+    )
+
+
+@router.get("/v1/models")
+async def list_models(services: ServicesDep) -> ModelList:
+    """Every model in the catalog; ``available`` is true while a worker can serve it now."""
+    return ModelList(data=[model_object(spec, services.registry) for spec in services.catalog])
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, services: ServicesDep) -> ModelObject:
+    return model_object(services.catalog.get(model_id), services.registry)

@@ -1,0 +1,26 @@
+"""The services a running gateway holds, built by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infermesh.accounts.service import AccountService
+from infermesh.catalog.catalog import Catalog
+from infermesh.chat.service import ChatService
+from infermesh.config import Settings
+from infermesh.mesh.registry import WorkerRegistry
+from infermesh.store.database import Database
+from infermesh.telemetry import Metrics
+
+
+@dataclass
+class Services:
+    """Everything a route needs, in one place on ``app.state.services``."""
+
+    settings: Settings
+    database: Database
+    accounts: AccountService
+    catalog: Catalog
+    registry: WorkerRegistry
+    chat: ChatService
+    metrics: Metrics

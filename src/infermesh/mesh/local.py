@@ -1,0 +1,26 @@
+"""The in-process worker: a model host in the gateway's own process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.worker.host import ModelHost
+
+
+class InProcessWorker:
+    """A :class:`~infermesh.mesh.worker.Worker` backed by a local :class:`ModelHost`."""
+
+    def __init__(self, host: ModelHost, *, node_id: str = "local") -> None:
+        self._host = host
+        self._node_id = node_id
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def serves(self, model: str) -> bool:
+        return self._host.is_ready(model)
+
+    def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
+        return self._host.generate(job)

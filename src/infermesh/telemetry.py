@@ -1,0 +1,118 @@
+"""Metrics (Prometheus) and the per-request record behind the one access-log line.
+
+Only counts, ids and timings are recorded here: never message content.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+access_logger_name = "infermesh.access"
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in as it goes: ids, counts and timings only."""
+
+    request_id: str
+    method: str = ""
+    path: str = ""
+    route: str = "unmatched"
+    status: int = 0
+    key_id: str | None = None
+    model: str | None = None
+    node_id: str | None = None
+    stream: bool | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    time_to_first_token_ms: float | None = None
+    latency_ms: float = 0.0
+    error_code: str | None = None
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, on a registry of its own (not the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "infermesh_requests",
+            "HTTP requests by route, model and status.",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "infermesh_request_latency_seconds",
+            "Time from request to the end of the response.",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "infermesh_time_to_first_token_seconds",
+            "Time from request to the first generated token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "infermesh_tokens",
+            "Tokens processed, by model and direction (prompt or completion).",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+
+    def observe(self, record: RequestRecord) -> None:
+        model = record.model or ""
+        self.requests.labels(record.route, model, str(record.status)).inc()
+        self.latency.labels(record.route, model).observe(record.latency_ms / 1000)
+        if record.time_to_first_token_ms is not None:
+            self.time_to_first_token.labels(model).observe(record.time_to_first_token_ms / 1000)
+        if record.prompt_tokens:
+            self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(model, "completion").inc(record.completion_tokens)
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
+    """The one log line of a request. Built from ids and counts only."""
+    fields = {key: value for key, value in asdict(record).items() if value is not None}
+    fields["latency_ms"] = round(record.latency_ms, 1)
+    if record.time_to_first_token_ms is not None:
+        fields["time_to_first_token_ms"] = round(record.time_to_first_token_ms, 1)
+    if as_json:
+        return json.dumps(fields, separators=(",", ":"))
+    return " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
+    """Send infermesh's logs to stderr, one line each."""
+    handler = logging.StreamHandler()
+    if as_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("infermesh")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == access_logger_name and message.startswith("{"):
+            return message
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        entry["message"] = message
+        return json.dumps(entry)

@@ -1,0 +1,334 @@
+"""A backend for any OpenAI-compatible engine reached over HTTP.
+
+vLLM, SGLang, llama.cpp's server, Ollama and hosted providers all serve
+``POST {base_url}/chat/completions``. The backend forwards the client's request as it
+came (every field, unknown ones included) under the engine's model name, always asks
+for a stream with usage, and turns the server-sent events into generation chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from infermesh.errors import BackendError, InfermeshError, UpstreamRejected
+from infermesh.protocol.chat import ChatCompletionRequest, FinishReason, ToolCallDelta, Usage
+from infermesh.protocol.generation import GenerationChunk, GenerationJob
+
+logger = logging.getLogger(__name__)
+
+_CHAT_PATH = "chat/completions"
+_MODELS_PATH = "models"
+_MAX_ERROR_CHARS = 500
+_CHARS_PER_TOKEN = 4
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+    "function_call": "tool_calls",
+}
+_FAILED_FINISH_REASONS = frozenset({"abort", "error"})
+
+
+class OpenAIBackend:
+    """Runs jobs on an OpenAI-compatible engine.
+
+    ``base_url`` is what one gives the ``openai`` SDK: the URL ending in ``/v1``
+    (``http://host:8000/v1``). ``api_key``, if any, is sent as a bearer token and never
+    appears in an error message. ``timeout`` is the longest wait in seconds for the
+    next piece of a response (as in the SDK), ``connect_timeout`` for a connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool to the engine."""
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url + "/", headers=headers, timeout=self._timeout
+            )
+
+    async def close(self) -> None:
+        """Close the connection pool; streams still open fail with :class:`BackendError`."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def list_models(self) -> list[str]:
+        """The names of the models the engine serves (``GET {base_url}/models``)."""
+        client = self._require_client()
+        try:
+            response = await client.get(_MODELS_PATH)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise _status_error(response, engine_model=None, api_key=self._api_key)
+        try:
+            return [str(model["id"]) for model in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError("the upstream engine sent a malformed model list") from exc
+
+    async def generate(self, job: GenerationJob, engine_model: str) -> AsyncIterator[GenerationChunk]:
+        """Stream ``job`` from the engine; the last chunk has ``finish_reason`` and usage.
+
+        Closing the iterator early closes the upstream response, so the engine sees the
+        disconnect and stops generating.
+        """
+        client = self._require_client()
+        body = upstream_body(job.request, engine_model)
+        translator = _StreamTranslator(job.request)
+        try:
+            async with client.stream("POST", _CHAT_PATH, json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _status_error(response, engine_model=engine_model, api_key=self._api_key)
+                async for line in response.aiter_lines():
+                    chunk = translator.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                    if translator.done:
+                        break
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if translator.estimated_usage:
+            logger.warning("upstream engine sent no usage for job %s; estimating it", job.id)
+        yield translator.final_chunk()
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("OpenAIBackend.start() must be called before use")
+        return self._client
+
+
+def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str, Any]:
+    """The JSON body for the engine: the client's request as sent, streamed, renamed."""
+    body = request.model_dump(mode="json", exclude_none=True)
+    body["model"] = engine_model
+    body["stream"] = True
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+class _StreamTranslator:
+    """Turns the engine's server-sent events into chunks and remembers how it ended."""
+
+    def __init__(self, request: ChatCompletionRequest) -> None:
+        self._request = request
+        self._generated_chars = 0
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.done = False
+
+    @property
+    def estimated_usage(self) -> bool:
+        return self.usage is None
+
+    def feed(self, line: str) -> GenerationChunk | None:
+        """Take one line of the stream; return a chunk if it carried new output."""
+        if not line.startswith("data:"):
+            return None  # blank separators, comments, event names
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            self.done = True
+            return None
+        event = _decode_event(data)
+        self.usage = _parse_usage(event.get("usage")) or self.usage
+        choice = _first_choice(event.get("choices"))
+        if choice is None:
+            return None
+        if choice.get("finish_reason"):
+            self.finish_reason = _finish_reason(choice["finish_reason"])
+        return self._delta_chunk(choice.get("delta"))
+
+    def final_chunk(self) -> GenerationChunk:
+        """The end of the generation; usage is estimated if the engine sent none."""
+        if self.finish_reason is None:
+            raise BackendError("the upstream engine's stream ended before the generation finished")
+        return GenerationChunk(
+            finish_reason=self.finish_reason, usage=self.usage or self._estimate_usage()
+        )
+
+    def _delta_chunk(self, delta: Any) -> GenerationChunk | None:
+        if not isinstance(delta, dict):
+            return None
+        content = delta.get("content") or None
+        tool_calls = _tool_call_deltas(delta.get("tool_calls"))
+        if content is None and tool_calls is None:
+            return None
+        if not isinstance(content, str | None):
+            raise BackendError("the upstream engine sent a malformed stream (content)")
+        self._generated_chars += len(content or "") + _tool_call_chars(tool_calls)
+        return GenerationChunk(content=content, tool_calls=tool_calls)
+
+    def _estimate_usage(self) -> Usage:
+        """A rough count (about four characters a token), for engines that report none."""
+        prompt = _estimate_tokens(_prompt_chars(self._request))
+        completion = _estimate_tokens(self._generated_chars)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+def _decode_event(data: str) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError as exc:
+        raise BackendError("the upstream engine sent a malformed stream (bad JSON)") from exc
+    if not isinstance(event, dict):
+        raise BackendError("the upstream engine sent a malformed stream (not an object)")
+    if "error" in event or event.get("object") == "error":
+        logger.warning("upstream engine reported an error in the middle of a stream")
+        raise BackendError("the upstream engine failed during the generation")
+    return event
+
+
+def _first_choice(choices: Any) -> dict[str, Any] | None:
+    """The choice with index 0 (a job has one choice; others are ignored)."""
+    if not isinstance(choices, list):
+        return None
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+def _finish_reason(raw: Any) -> FinishReason:
+    reason = str(raw)
+    if reason in _FAILED_FINISH_REASONS:
+        raise BackendError(f"the upstream engine ended the generation with '{reason}'")
+    return _FINISH_REASONS.get(reason, "stop")
+
+
+def _tool_call_deltas(raw: Any) -> list[ToolCallDelta] | None:
+    if not raw:
+        return None
+    if not isinstance(raw, list):
+        raise BackendError("the upstream engine sent a malformed stream (tool_calls)")
+    try:
+        # Some engines leave out ``index`` when there is one call per delta.
+        return [ToolCallDelta.model_validate({"index": i, **call}) for i, call in enumerate(raw)]
+    except (ValidationError, TypeError) as exc:
+        raise BackendError("the upstream engine sent a malformed stream (tool_calls)") from exc
+
+
+def _tool_call_chars(tool_calls: list[ToolCallDelta] | None) -> int:
+    functions = [call.function for call in tool_calls or [] if call.function is not None]
+    return sum(len(f.name or "") + len(f.arguments or "") for f in functions)
+
+
+def _parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = raw.get("total_tokens")
+    try:
+        return Usage.model_validate(
+            {**raw, "total_tokens": total if isinstance(total, int) else prompt + completion}
+        )
+    except ValidationError:
+        return None
+
+
+def _prompt_chars(request: ChatCompletionRequest) -> int:
+    chars = 0
+    for message in request.messages:
+        if isinstance(message.content, str):
+            chars += len(message.content)
+        elif message.content is not None:
+            chars += sum(len(getattr(part, "text", "")) for part in message.content)
+        chars += sum(len(call.function.arguments) for call in message.tool_calls or [])
+    return chars
+
+
+def _estimate_tokens(chars: int) -> int:
+    return math.ceil(chars / _CHARS_PER_TOKEN)
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+def _transport_error(exc: httpx.HTTPError) -> BackendError:
+    """Translate an httpx failure; the message names the kind, never the URL or key."""
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError("the upstream engine timed out")
+    if isinstance(exc, httpx.ConnectError):
+        return BackendError("could not connect to the upstream engine")
+    return BackendError(f"the connection to the upstream engine failed ({type(exc).__name__})")
+
+
+def _status_error(
+    response: httpx.Response, *, engine_model: str | None, api_key: str | None
+) -> InfermeshError:
+    """The error for an engine's 4xx/5xx answer (its body must have been read)."""
+    status = response.status_code
+    logger.warning("upstream engine answered HTTP %d", status)
+    if status in (401, 403):
+        return BackendError(f"the upstream engine refused the worker's credentials (HTTP {status})")
+    if status == 404:
+        if engine_model is None:
+            return BackendError("the upstream engine has no such endpoint (HTTP 404)")
+        return BackendError(f"the upstream engine does not serve the model '{engine_model}'")
+    if status == 408:
+        return BackendError("the upstream engine timed out (HTTP 408)")
+    if status == 429:
+        return BackendError(
+            "the upstream engine is rate limiting requests (HTTP 429)",
+            retry_after=_retry_after(response),
+        )
+    if status >= 500:
+        return BackendError(f"the upstream engine failed (HTTP {status})")
+    message, param = _envelope(response.content)
+    message = _redact(message or f"the upstream engine rejected the request (HTTP {status})", api_key)
+    return UpstreamRejected(message, param=param)
+
+
+def _envelope(content: bytes) -> tuple[str | None, str | None]:
+    """Message and param of an error body: OpenAI's envelope, vLLM's flat one, or FastAPI's."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None, None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return error, None
+    if not isinstance(error, dict):
+        return None, None
+    message = error.get("message") or error.get("detail")
+    param = error.get("param")
+    return (str(message) if message else None), (param if isinstance(param, str) else None)
+
+
+def _redact(message: str, api_key: str | None) -> str:
+    if api_key:
+        message = message.replace(api_key, "***")
+    if len(message) > _MAX_ERROR_CHARS:
+        message = message[: _MAX_ERROR_CHARS - 3] + "..."
+    return message
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None

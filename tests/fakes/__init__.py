@@ -1,0 +1,1 @@
+"""Test doubles for things outside infermesh; each speaks the real protocol."""

@@ -1,0 +1,90 @@
+"""A real gateway on a free port, with a real key, for tests that call it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+from infermesh.accounts.service import AccountService
+from infermesh.catalog.spec import ModelSpec
+from infermesh.config import Settings
+from infermesh.gateway.app import create_app
+from infermesh.store.database import Database
+from tests.support.servers import serve_app
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway: where it is and a key that works on it."""
+
+    base_url: str
+    key: str
+    settings: Settings
+    app: Any
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def client(self, **options: Any) -> OpenAI:
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", 120)
+        options.setdefault("api_key", self.key)
+        return OpenAI(base_url=self.api_url, **options)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120)
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def create_key(settings: Settings, account: str = "tester") -> str:
+    database = Database.from_settings(settings)
+    try:
+        await database.migrate()
+        created = await AccountService(database).create_key(account)
+    finally:
+        await database.dispose()
+    return created.key
+
+
+def wait_until_available(base_url: str, models: list[str], *, timeout: float = 120) -> None:
+    """Poll ``/health`` (with a deadline) until every model in ``models`` is available."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        while True:
+            health = http.get("/health").json()
+            available = {model["id"] for model in health["models"] if model["available"]}
+            if set(models) <= available:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models {models} not available after {timeout}s: {health}")
+            time.sleep(0.05)
+
+
+@contextmanager
+def start_gateway(
+    data_dir: Path,
+    *,
+    specs: list[ModelSpec] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    wait_for: list[str] | None = None,
+    **settings_overrides: Any,
+) -> Iterator[RunningGateway]:
+    """Run a gateway on ``data_dir`` (SQLite) with an account key, until the block ends."""
+    settings = Settings(data_dir=data_dir, **settings_overrides)
+    key = asyncio.run(create_key(settings))
+    app = create_app(settings, specs=specs, secrets=secrets)
+    with serve_app(app) as base_url:
+        if wait_for:
+            wait_until_available(base_url, wait_for)
+        yield RunningGateway(base_url=base_url, key=key, settings=settings, app=app)
