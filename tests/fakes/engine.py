@@ -12,6 +12,8 @@ deterministically:
 * with ``tools`` (``tool_choice`` not ``"none"``) and a user message last, it calls
   the first tool (or the named one) with arguments ``{"echo": <last user text>}``;
 * with a ``tool`` message last the reply is ``"tool said: " + <its content>``;
+* with ``report_usage=False`` it ignores ``stream_options.include_usage``, as some
+  engines do (non-streamed answers still carry usage);
 * model ``"fail-500"`` answers 500, ``"bad-request"`` 400 (``"scripted rejection"``),
   any other model it does not serve 404 (``model_not_found``).
 
@@ -83,10 +85,12 @@ class ScriptedEngine:
         models: Sequence[str] | None = None,
         chunk_delay: float = 0.0,
         api_key: str | None = None,
+        report_usage: bool = True,
     ) -> None:
         self.models = list(models) if models is not None else list(DEFAULT_MODELS)
         self.chunk_delay = chunk_delay
         self.api_key = api_key
+        self.report_usage = report_usage
         self.base_url = ""
         self.requests: list[JSON] = []
         self.disconnects = 0
@@ -122,7 +126,8 @@ class ScriptedEngine:
         reply = _plan_reply(body)
         head = _head(body["model"])
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            asked = bool((body.get("stream_options") or {}).get("include_usage"))
+            include_usage = asked and self.report_usage
             events = _stream_events(reply, head, body, include_usage=include_usage)
             return _EventStream(events, delay=self.chunk_delay, on_disconnect=self._note_gone)
         return JSONResponse(_completion(reply, head, body))
@@ -158,9 +163,12 @@ def run_engine(
     models: Sequence[str] | None = None,
     chunk_delay: float = 0.0,
     api_key: str | None = None,
+    report_usage: bool = True,
 ) -> Iterator[ScriptedEngine]:
     """Serve a :class:`ScriptedEngine` on a real uvicorn server for the ``with`` block."""
-    engine = ScriptedEngine(models=models, chunk_delay=chunk_delay, api_key=api_key)
+    engine = ScriptedEngine(
+        models=models, chunk_delay=chunk_delay, api_key=api_key, report_usage=report_usage
+    )
     with serve_app(engine.app) as root:
         engine.base_url = f"{root}/v1"
         yield engine
@@ -310,8 +318,15 @@ def _completion(reply: _Reply, head: JSON, body: JSON) -> JSON:
     message: JSON = {"role": "assistant", "content": reply.text, "refusal": None}
     if reply.tool_name:
         function = {"name": reply.tool_name, "arguments": "".join(reply.argument_pieces)}
-        message["tool_calls"] = [{"id": reply.tool_call_id, "type": "function", "function": function}]
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
+        message["tool_calls"] = [
+            {"id": reply.tool_call_id, "type": "function", "function": function}
+        ]
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": reply.finish_reason,
+    }
     return {
         **head,
         "object": "chat.completion",
@@ -331,7 +346,9 @@ def _stream_events(reply: _Reply, head: JSON, body: JSON, *, include_usage: bool
     events = [_chunk(head, delta, None, extra) for delta in deltas]
     events.append(_chunk(head, {}, reply.finish_reason, extra))
     if include_usage:
-        events.append({**_chunk(head, {}, None, extra), "choices": [], "usage": _usage(reply, body)})
+        events.append(
+            {**_chunk(head, {}, None, extra), "choices": [], "usage": _usage(reply, body)}
+        )
     return events
 
 

@@ -62,7 +62,10 @@ def wait_until_available(base_url: str, models: list[str], *, timeout: float = 1
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=base_url, timeout=10) as http:
         while True:
-            health = http.get("/health").json()
+            try:
+                health = http.get("/health").json()
+            except httpx.TransportError as exc:  # not listening yet
+                health = {"models": [], "error": str(exc)}
             available = {model["id"] for model in health["models"] if model["available"]}
             if set(models) <= available:
                 return

@@ -82,7 +82,7 @@ class AccountService:
         if account is not None:
             query = query.where(Account.name == account)
         async with self._db.session(read_only=True) as session:
-            rows = (await session.execute(query)).tuples().all()
+            rows = (await session.execute(query)).all()
         return [_key_record(key, owner) for key, owner in rows]
 
     async def get_key(self, key_id: str) -> KeyRecord:
@@ -198,7 +198,7 @@ class AccountService:
             await session.execute(statement)
 
 
-def _keys_query() -> Select[tuple[ApiKey, Account]]:
+def _keys_query() -> Select[ApiKey, Account]:
     return select(ApiKey, Account).join(Account, ApiKey.account_id == Account.id)
 
 
@@ -208,7 +208,7 @@ async def _key_or_not_found(
     query = _keys_query().where(ApiKey.id == key_id)
     if lock:
         query = query.with_for_update(of=ApiKey)
-    row = (await session.execute(query)).tuples().one_or_none()
+    row = (await session.execute(query)).one_or_none()
     if row is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
     return row

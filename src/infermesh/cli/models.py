@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from infermesh.catalog.spec import BackendKind, ModelSpec, ServeSpec
 from infermesh.catalog.store import CatalogFile
@@ -42,7 +42,8 @@ def list_models(
     if json_output:
         typer.echo(json.dumps([spec.model_dump(exclude_none=True) for spec in specs], indent=2))
         return
-    table = Table("id", "tier", "params", "context", "tools", "vision", "backend", "engine model")
+    table = Table("tier", "params", "context", "tools", "vision", "backend", "engine model")
+    table.columns.insert(0, Column("id", no_wrap=True))
     for spec in specs:
         serve = spec.serve
         table.add_row(

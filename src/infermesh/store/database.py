@@ -121,8 +121,11 @@ def _current(connection: Connection) -> str | None:
 class Database:
     """The system of record: an async engine, sessions over it, and its migrations.
 
-    ``session()`` gives a transaction that may write (on SQLite it holds the write lock
-    from its first statement); ``session(read_only=True)`` one that only reads.
+    ``session()`` gives a transaction that may write: on SQLite it takes the write lock
+    at its first statement (``BEGIN IMMEDIATE``), so read-then-write is safe; on
+    PostgreSQL use ``SELECT … FOR UPDATE`` or :func:`transaction_lock` for that.
+    ``session(read_only=True)`` is for transactions that only read: on SQLite they run
+    beside writers on a snapshot (PostgreSQL does not enforce the promise).
     """
 
     def __init__(self, url: str | URL) -> None:

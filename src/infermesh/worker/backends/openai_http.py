@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -58,6 +58,7 @@ class OpenAIBackend:
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._client: httpx.AsyncClient | None = None
+        self._warned_no_usage = False
 
     async def start(self) -> None:
         """Open the connection pool to the engine."""
@@ -87,7 +88,9 @@ class OpenAIBackend:
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError("the upstream engine sent a malformed model list") from exc
 
-    async def generate(self, job: GenerationJob, engine_model: str) -> AsyncIterator[GenerationChunk]:
+    async def generate(
+        self, job: GenerationJob, engine_model: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream ``job`` from the engine; the last chunk has ``finish_reason`` and usage.
 
         Closing the iterator early closes the upstream response, so the engine sees the
@@ -109,8 +112,9 @@ class OpenAIBackend:
                         break
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
-        if translator.estimated_usage:
-            logger.warning("upstream engine sent no usage for job %s; estimating it", job.id)
+        if translator.estimated_usage and not self._warned_no_usage:
+            self._warned_no_usage = True
+            logger.warning("upstream engine sends no usage; estimating it (about 4 chars a token)")
         yield translator.final_chunk()
 
     def _require_client(self) -> httpx.AsyncClient:
@@ -299,7 +303,9 @@ def _status_error(
     if status >= 500:
         return BackendError(f"the upstream engine failed (HTTP {status})")
     message, param = _envelope(response.content)
-    message = _redact(message or f"the upstream engine rejected the request (HTTP {status})", api_key)
+    message = _redact(
+        message or f"the upstream engine rejected the request (HTTP {status})", api_key
+    )
     return UpstreamRejected(message, param=param)
 
 
