@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TINY_MODEL_NAME = "infermesh-tiny"
 TINY_VOCAB_SIZE = 1024
@@ -32,7 +33,8 @@ _CHAT_TEMPLATE = (
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and"
     " arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    '{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n'
+    "</tool_call><|im_end|>\\n' }}"
     "{%- elif messages[0].role == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -45,7 +47,7 @@ _CHAT_TEMPLATE = (
     "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
     "{%- for tool_call in message.tool_calls %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
     "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
     "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
     "{{- '}\\n</tool_call>' }}"
@@ -136,7 +138,7 @@ def _build(directory: Path) -> None:
     model.save_pretrained(directory)
 
 
-def build_tiny_tokenizer() -> object:
+def build_tiny_tokenizer() -> Any:
     """Train the byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -152,8 +154,8 @@ def build_tiny_tokenizer() -> object:
         show_progress=False,
     )
     backend.train_from_iterator(_TRAINING_TEXT.splitlines(keepends=True), trainer=trainer)
-    backend.add_tokens([AddedToken(token, special=False, normalized=False) for token in _TOOL_TOKENS])
-    tokenizer = PreTrainedTokenizerFast(
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in _TOOL_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
@@ -165,15 +167,15 @@ def build_tiny_tokenizer() -> object:
     return tokenizer
 
 
-def _build_model(tokenizer: object) -> object:
+def _build_model(tokenizer: Any) -> Any:
     """A two-layer Qwen2 model with seeded random weights and ChatML end-of-turn as EOS."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[attr-defined]
-    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # type: ignore[attr-defined]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
-        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -189,7 +191,7 @@ def _build_model(tokenizer: object) -> object:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=im_end, pad_token_id=end_of_text, bos_token_id=end_of_text
     )
     return model

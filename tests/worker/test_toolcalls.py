@@ -1,0 +1,134 @@
+"""Reading Qwen/Hermes ``<tool_call>`` blocks, whole and while streaming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infermesh.worker.toolcalls import ToolCallStream, held_back_suffix, parse_tool_calls
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def test_plain_text_has_no_calls() -> None:
+    assert parse_tool_calls("Just words.") == ("Just words.", [])
+    assert parse_tool_calls("") == (None, [])
+
+
+def test_one_call() -> None:
+    content, calls = parse_tool_calls(CALL)
+    assert content is None
+    [call] = calls
+    assert call.id.startswith("call_") and len(call.id) > len("call_") + 8
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_content_around_several_calls() -> None:
+    second = '<tool_call>{"name": "search", "arguments": {"query": "bread"}}</tool_call>'
+    content, calls = parse_tool_calls(f"Let me check.\n{CALL}\n{second}\n")
+    assert content == "Let me check."
+    assert [call.function.name for call in calls] == ["get_weather", "search"]
+    assert len({call.id for call in calls}) == 2
+
+
+def test_arguments_given_as_a_string_are_kept() -> None:
+    _, [call] = parse_tool_calls(
+        '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>'
+    )
+    assert call.function.arguments == '{"x": 1}'
+
+
+def test_missing_arguments_are_an_empty_object() -> None:
+    _, [call] = parse_tool_calls('<tool_call>{"name": "now"}</tool_call>')
+    assert call.function.arguments == "{}"
+
+
+def test_unclosed_final_call_is_read_when_complete() -> None:
+    _, [call] = parse_tool_calls('<tool_call>\n{"name": "f", "arguments": {"a": [1, 2]}}\n')
+    assert json.loads(call.function.arguments) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>{not json}</tool_call>",
+        '<tool_call>["a", "list"]</tool_call>',
+        '<tool_call>{"arguments": {}}</tool_call>',
+        '<tool_call>{"name": "f", "arguments": {"a": </tool_call>',
+        "<tool_call>",
+    ],
+)
+def test_malformed_blocks_are_plain_content(text: str) -> None:
+    assert parse_tool_calls(text) == (text, [])
+
+
+def test_a_malformed_block_does_not_hide_a_good_one() -> None:
+    content, calls = parse_tool_calls(f"<tool_call>oops</tool_call>{CALL}")
+    assert content == "<tool_call>oops</tool_call>"
+    assert [call.function.name for call in calls] == ["get_weather"]
+
+
+def test_held_back_suffix() -> None:
+    assert held_back_suffix("abc <tool", "<tool_call>") == len("<tool")
+    assert held_back_suffix("abc <", "<tool_call>") == 1
+    assert held_back_suffix("abc", "<tool_call>") == 0
+    assert held_back_suffix("x<tool_call>", "<tool_call>") == 0
+
+
+def feed_all(stream: ToolCallStream, pieces: list[str]) -> list[str]:
+    return [stream.feed(piece) for piece in pieces]
+
+
+def test_stream_passes_plain_text_through() -> None:
+    stream = ToolCallStream()
+    assert feed_all(stream, ["Hello", " world", "!"]) == ["Hello", " world", "!"]
+    assert stream.finish() == ("", [])
+
+
+def test_stream_holds_back_a_split_opening_tag() -> None:
+    stream = ToolCallStream()
+    pieces = [
+        "Sure. <",
+        "tool",
+        "_ca",
+        'll>{"name": "get_',
+        'weather", "arguments": ',
+        "{}}</tool",
+        "_call>",
+    ]
+    emitted = feed_all(stream, pieces)
+    assert "".join(emitted) == "Sure. "
+    assert emitted[0] == "Sure. "
+    content, [call] = stream.finish()
+    assert content == ""
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == "{}"
+
+
+def test_stream_releases_what_only_looked_like_a_tag() -> None:
+    stream = ToolCallStream()
+    assert feed_all(stream, ["a <to", "ol>", " b"]) == ["a ", "<tool>", " b"]
+    assert stream.finish() == ("", [])
+
+
+def test_stream_ending_inside_a_possible_tag_flushes_it() -> None:
+    stream = ToolCallStream()
+    assert feed_all(stream, ["2 <", "tool_"]) == ["2 ", ""]
+    assert stream.finish() == ("<tool_", [])
+
+
+def test_stream_gives_malformed_calls_back_as_content() -> None:
+    stream = ToolCallStream()
+    feed_all(stream, ["Hi ", "<tool_call>{broken", "</tool_call>"])
+    assert stream.finish() == ("<tool_call>{broken</tool_call>", [])
+
+
+def test_stream_keeps_content_after_calls() -> None:
+    stream = ToolCallStream()
+    feed_all(stream, [CALL, " and done."])
+    content, calls = stream.finish()
+    assert content == "and done."
+    assert len(calls) == 1
