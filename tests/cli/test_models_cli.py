@@ -30,7 +30,10 @@ def test_models_add_list_remove(tmp_path: Path) -> None:
         "--context-length", "32768", "--tools", *data,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    models = {model["id"]: model for model in json.loads(infermesh("models", "list", "--json", *data).stdout)}
+    models = {
+        model["id"]: model
+        for model in json.loads(infermesh("models", "list", "--json", *data).stdout)
+    }
     assert set(models) == {"infermesh-tiny", "qwen2.5-7b"}
     qwen = models["qwen2.5-7b"]
     assert qwen["capabilities"] == {"tools": True, "vision": False}

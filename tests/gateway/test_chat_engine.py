@@ -140,8 +140,8 @@ def test_tool_call_round_trip(engine_gateway: RunningGateway) -> None:
     ]
     first = client.chat.completions.create(
         model="scripted",
-        messages=messages,  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=messages,
+        tools=[WEATHER_TOOL],
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -149,15 +149,15 @@ def test_tool_call_round_trip(engine_gateway: RunningGateway) -> None:
     assert choice.message.tool_calls is not None
     call = choice.message.tool_calls[0]
     assert call.type == "function"
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"echo": "What's the weather in Paris?"}  # type: ignore[union-attr]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"echo": "What's the weather in Paris?"}
 
     messages.append(choice.message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"})
     second = client.chat.completions.create(
         model="scripted",
-        messages=messages,  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=messages,
+        tools=[WEATHER_TOOL],
     )
     assert second.choices[0].message.content == "tool said: 18C and sunny"
     assert second.choices[0].finish_reason == "stop"
@@ -168,7 +168,7 @@ def test_streamed_tool_call_deltas_reassemble(engine_gateway: RunningGateway) ->
     stream = client.chat.completions.create(
         model="scripted",
         messages=[{"role": "user", "content": "weather in Oslo"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         stream=True,
     )

@@ -18,7 +18,7 @@ def test_tiny_model_is_listed_and_available(tiny_gateway: RunningGateway) -> Non
 
 def test_chat_with_the_tiny_model(tiny_gateway: RunningGateway) -> None:
     response = tiny_gateway.client().chat.completions.create(
-        model="infermesh-tiny", messages=HELLO, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model="infermesh-tiny", messages=HELLO, max_tokens=12, temperature=0
     )
     choice = response.choices[0]
     assert isinstance(choice.message.content, str) and choice.message.content
@@ -33,7 +33,7 @@ def test_stream_with_the_tiny_model(tiny_gateway: RunningGateway) -> None:
     client = tiny_gateway.client()
     stream = client.chat.completions.create(
         model="infermesh-tiny",
-        messages=HELLO,  # type: ignore[arg-type]
+        messages=HELLO,
         max_tokens=10,
         temperature=0,
         stream=True,
@@ -46,7 +46,7 @@ def test_stream_with_the_tiny_model(tiny_gateway: RunningGateway) -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens <= 10
     whole = client.chat.completions.create(
-        model="infermesh-tiny", messages=HELLO, max_tokens=10, temperature=0  # type: ignore[arg-type]
+        model="infermesh-tiny", messages=HELLO, max_tokens=10, temperature=0
     )
     assert "".join(content_chunks) == whole.choices[0].message.content
 
@@ -56,7 +56,7 @@ def test_seeded_sampling_is_reproducible_through_the_api(tiny_gateway: RunningGa
 
     def sample(seed: int) -> str | None:
         response = client.chat.completions.create(
-            model="infermesh-tiny", messages=HELLO, max_tokens=16, temperature=1.0, seed=seed  # type: ignore[arg-type]
+            model="infermesh-tiny", messages=HELLO, max_tokens=16, temperature=1.0, seed=seed
         )
         return response.choices[0].message.content
 

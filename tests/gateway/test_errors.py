@@ -18,7 +18,9 @@ from tests.support.gateway import RunningGateway
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-def assert_envelope(response: httpx.Response, status: int, *, code: str | None = None) -> dict[str, Any]:
+def assert_envelope(
+    response: httpx.Response, status: int, *, code: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["x-request-id"]
     body = response.json()
@@ -55,7 +57,7 @@ def test_missing_invalid_and_revoked_keys_get_401(engine_gateway: RunningGateway
     assert_envelope(wrong, 401, code="invalid_api_key")
     client = engine_gateway.client(api_key="sk-im-nope")
     with pytest.raises(openai.AuthenticationError):
-        client.chat.completions.create(model="scripted", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model="scripted", messages=HELLO)
 
 
 def test_revoked_and_rotated_keys_stop_working(engine_gateway: RunningGateway) -> None:
@@ -77,10 +79,10 @@ def test_revoked_and_rotated_keys_stop_working(engine_gateway: RunningGateway) -
     for dead_key in (revoked_key, rotated_away):
         with pytest.raises(openai.AuthenticationError):
             engine_gateway.client(api_key=dead_key).chat.completions.create(
-                model="scripted", messages=HELLO  # type: ignore[arg-type]
+                model="scripted", messages=HELLO
             )
     ok = engine_gateway.client(api_key=replacement).chat.completions.create(
-        model="scripted", messages=HELLO  # type: ignore[arg-type]
+        model="scripted", messages=HELLO
     )
     assert ok.choices[0].message.content == "echo: hello"
 
@@ -94,7 +96,7 @@ def test_unknown_route_and_method(engine_gateway: RunningGateway) -> None:
 def test_unknown_model_is_404_model_not_found(engine_gateway: RunningGateway) -> None:
     client = engine_gateway.client()
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="no-such-model", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
@@ -109,11 +111,17 @@ def test_unknown_model_is_404_model_not_found(engine_gateway: RunningGateway) ->
         ({"model": "scripted", "messages": []}, "messages"),
         ({"model": "scripted", "messages": "hello"}, "messages"),
         ({"model": 5, "messages": HELLO}, "model"),
-        ({"model": "scripted", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": "scripted", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+        ),
         ({"model": "scripted", "messages": HELLO, "max_tokens": -1}, "max_tokens"),
         ({"model": "scripted", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"model": "scripted", "messages": HELLO, "max_tokens": 10**9}, "max_tokens"),
-        ({"model": "scripted", "messages": HELLO, "max_completion_tokens": 9000}, "max_completion_tokens"),
+        (
+            {"model": "scripted", "messages": HELLO, "max_completion_tokens": 9000},
+            "max_completion_tokens",
+        ),
         ({"model": "scripted", "messages": HELLO, "max_tokens": "many"}, "max_tokens"),
         ({"model": "scripted", "messages": HELLO, "temperature": 3}, "temperature"),
         ({"model": "scripted", "messages": HELLO, "temperature": -0.1}, "temperature"),
@@ -121,12 +129,20 @@ def test_unknown_model_is_404_model_not_found(engine_gateway: RunningGateway) ->
         ({"model": "scripted", "messages": HELLO, "presence_penalty": 9}, "presence_penalty"),
         ({"model": "scripted", "messages": HELLO, "n": 2}, "n"),
         ({"model": "scripted", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": "scripted", "messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options"),
-        ({"model": "scripted", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {"model": "scripted", "messages": HELLO, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        (
+            {"model": "scripted", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+        ),
         ({"model": "scripted", "messages": HELLO, "tool_choice": "required"}, "tool_choice"),
     ],
 )
-def test_bad_input_is_a_clear_400(engine_gateway: RunningGateway, body: Any, param: str | None) -> None:
+def test_bad_input_is_a_clear_400(
+    engine_gateway: RunningGateway, body: Any, param: str | None
+) -> None:
     error = assert_envelope(post_chat(engine_gateway, body), 400)
     assert error["type"] == "invalid_request_error"
     if param is not None:
@@ -143,7 +159,10 @@ def image_message(url: str) -> list[dict[str, Any]]:
     return [
         {
             "role": "user",
-            "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": url}}],
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ],
         }
     ]
 
@@ -154,21 +173,35 @@ def image_message(url: str) -> list[dict[str, Any]]:
         ("https://example.com/cat.png", "image_url_not_supported"),
         ("http://127.0.0.1:1/cat.png", "image_url_not_supported"),
         ("data:image/png;base64,!!!not-base64!!!", "invalid_image"),
-        ("data:image/png;base64," + base64.b64encode(b"GIF89a-but-called-png").decode(), "invalid_image"),
+        (
+            "data:image/png;base64," + base64.b64encode(b"GIF89a-but-called-png").decode(),
+            "invalid_image",
+        ),
         ("data:text/plain;base64,aGVsbG8=", "invalid_image"),
         ("data:image/tiff;base64,aGVsbG8=", "invalid_image"),
-        ("data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 70_000).decode(), "image_too_large"),
+        (
+            "data:image/png;base64,"
+            + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 70_000).decode(),
+            "image_too_large",
+        ),
     ],
 )
 def test_bad_images_are_refused_and_never_fetched(
     engine_gateway: RunningGateway, url: str, code: str
 ) -> None:
-    error = assert_envelope(post_chat(engine_gateway, {"model": "scripted", "messages": image_message(url)}), 400, code=code)
+    error = assert_envelope(
+        post_chat(engine_gateway, {"model": "scripted", "messages": image_message(url)}),
+        400,
+        code=code,
+    )
     assert error["param"] == "messages[0].content[1].image_url"
 
 
 def test_image_to_a_model_without_vision_is_400(engine_gateway: RunningGateway) -> None:
-    body = {"model": "scripted-plain", "messages": image_message(f"data:image/png;base64,{PNG_1PX}")}
+    body = {
+        "model": "scripted-plain",
+        "messages": image_message(f"data:image/png;base64,{PNG_1PX}"),
+    }
     assert_envelope(post_chat(engine_gateway, body), 400, code="vision_not_supported")
 
 
@@ -181,7 +214,9 @@ def test_body_over_the_limit_is_413(engine_gateway: RunningGateway) -> None:
             yield b"x" * 10_000
 
     with engine_gateway.http() as http:
-        streamed = http.post("/v1/chat/completions", content=chunked(), headers=engine_gateway.auth())
+        streamed = http.post(
+            "/v1/chat/completions", content=chunked(), headers=engine_gateway.auth()
+        )
     assert_envelope(streamed, 413, code="request_too_large")
 
 
@@ -191,7 +226,7 @@ def test_no_worker_for_the_model_is_503_with_retry_after(engine_gateway: Running
     assert int(response.headers["retry-after"]) >= 1
     client = engine_gateway.client()
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="orphan", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model="orphan", messages=HELLO)
     assert caught.value.status_code == 503
 
 
@@ -212,7 +247,12 @@ def test_engine_failure_in_a_stream_is_an_http_error_not_a_broken_stream(
 
 
 def test_unknown_fields_are_accepted_and_ignored(engine_gateway: RunningGateway) -> None:
-    body = {"model": "scripted", "messages": HELLO, "some_future_field": {"x": 1}, "logprobs": False}
+    body = {
+        "model": "scripted",
+        "messages": HELLO,
+        "some_future_field": {"x": 1},
+        "logprobs": False,
+    }
     assert post_chat(engine_gateway, body).status_code == 200
 
 

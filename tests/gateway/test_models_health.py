@@ -8,7 +8,13 @@ from tests.support.gateway import RunningGateway
 def test_list_models_has_openai_shape_and_our_fields(engine_gateway: RunningGateway) -> None:
     client = engine_gateway.client()
     models = {model.id: model for model in client.models.list()}
-    assert set(models) == {"scripted", "scripted-plain", "scripted-broken", "scripted-rejects", "orphan"}
+    assert set(models) == {
+        "scripted",
+        "scripted-plain",
+        "scripted-broken",
+        "scripted-rejects",
+        "orphan",
+    }
     scripted = models["scripted"]
     assert scripted.object == "model"
     assert scripted.owned_by == "infermesh"
@@ -51,7 +57,8 @@ def test_metrics_count_requests_latency_and_tokens(engine_gateway: RunningGatewa
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert (
-        'infermesh_requests_total{model="scripted",route="/v1/chat/completions",status="200"}' in text
+        'infermesh_requests_total{model="scripted",route="/v1/chat/completions",status="200"}'
+        in text
     )
     assert 'infermesh_request_latency_seconds_bucket{le="0.005",model="scripted"' in text
     assert 'infermesh_time_to_first_token_seconds_count{model="scripted"}' in text

@@ -30,9 +30,9 @@ def test_canary_reaches_neither_database_nor_logs(
         {"role": "system", "content": f"system {canary}"},
         {"role": "user", "content": f"please repeat {canary}"},
     ]
-    client.chat.completions.create(model=model, messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    client.chat.completions.create(model=model, messages=messages, max_tokens=8)
     for _ in client.chat.completions.create(
-        model=model, messages=messages, max_tokens=8, stream=True  # type: ignore[arg-type]
+        model=model, messages=messages, max_tokens=8, stream=True
     ):
         pass
     with gateway.http() as http:  # a refused request carries the canary too
