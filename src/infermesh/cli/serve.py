@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Annotated
 
@@ -81,9 +82,12 @@ def _print_welcome(settings: Settings, first_key: str | None, models: list[str])
         f"data dir  {settings.data_dir.resolve()}",
     ]
     console.print(Panel.fit("\n".join(lines), title="infermesh gateway", border_style="cyan"))
+    model = models[0] if models else "MODEL"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}]})
     console.print(
-        f"Try: curl {base_url}/chat/completions -H 'Authorization: Bearer $KEY' "
-        "-H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{models[0] if models else "MODEL"}", '
-        '"messages": [{"role": "user", "content": "Hello"}]}\''
+        "Try it (KEY is your API key):\n"
+        f'  curl {base_url}/chat/completions -H "Authorization: Bearer $KEY" '
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        soft_wrap=True,
+        markup=False,
     )
