@@ -63,9 +63,8 @@ async def bench(engine_model: str, requests: int, max_tokens: int, max_batch: in
     print(f"requests={requests} max_tokens={max_tokens} max_batch={max_batch}")
     print(f"one at a time: {sum(sequential)} tokens in {sequential_s:.2f}s = {seq_rate:.0f} tok/s")
     print(f"all at once:   {sum(concurrent)} tokens in {concurrent_s:.2f}s = {con_rate:.0f} tok/s")
-    print(
-        f"speed-up: {con_rate / seq_rate:.2f}x; largest batch in a decode step: {stats.max_batch_size}"
-    )
+    print(f"speed-up: {con_rate / seq_rate:.2f}x")
+    print(f"largest batch in a decode step: {stats.max_batch_size}")
 
 
 def main() -> None:
