@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     engine_max_batch: int = 8
     device: str | None = None
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    heartbeat_misses: int = Field(default=3, ge=1)
+    queue_timeout: float = Field(default=5.0, ge=0, description="wait for a free worker slot")
+    max_attempts: int = Field(default=3, ge=1, description="workers tried per request")
 
     @property
     def resolved_database_url(self) -> str:

@@ -75,6 +75,15 @@ class BackendError(InfermeshError):
     code = "backend_error"
 
 
+class WorkerLost(BackendError):
+    """The worker running a job disconnected, timed out or broke the protocol.
+
+    The job may be retried on another worker as long as nothing reached the client.
+    """
+
+    code = "worker_lost"
+
+
 class UpstreamRejected(InfermeshError):
     """An upstream OpenAI-compatible engine refused the request as invalid (its 4xx)."""
 

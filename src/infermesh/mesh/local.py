@@ -11,9 +11,10 @@ from infermesh.worker.host import ModelHost
 class InProcessWorker:
     """A :class:`~infermesh.mesh.worker.Worker` backed by a local :class:`ModelHost`."""
 
-    def __init__(self, host: ModelHost, *, node_id: str = "local") -> None:
+    def __init__(self, host: ModelHost, *, node_id: str = "local", capacity: int = 64) -> None:
         self._host = host
         self._node_id = node_id
+        self._capacity = capacity
 
     @property
     def node_id(self) -> str:
@@ -21,6 +22,9 @@ class InProcessWorker:
 
     def serves(self, model: str) -> bool:
         return self._host.is_ready(model)
+
+    def capacity(self, model: str) -> int:
+        return self._capacity
 
     def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
         return self._host.generate(job)

@@ -9,7 +9,13 @@ from infermesh.protocol.generation import GenerationChunk, GenerationJob
 
 
 class Worker(Protocol):
-    """Something that runs generation jobs for a set of catalog models."""
+    """Something that runs generation jobs for a set of catalog models.
+
+    ``generate`` raises :class:`infermesh.errors.WorkerLost` when the worker went away
+    (the job may be retried elsewhere), :class:`infermesh.errors.BackendError` when its
+    engine failed, and :class:`infermesh.errors.InvalidRequest` (or a subclass) when the
+    engine refused the request itself (retrying elsewhere would not help).
+    """
 
     @property
     def node_id(self) -> str:
@@ -17,7 +23,11 @@ class Worker(Protocol):
         ...
 
     def serves(self, model: str) -> bool:
-        """True while this worker can take a job for ``model`` now."""
+        """True while this worker takes jobs for ``model`` (connected, not draining)."""
+        ...
+
+    def capacity(self, model: str) -> int:
+        """How many jobs for ``model`` this worker runs at once."""
         ...
 
     def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
