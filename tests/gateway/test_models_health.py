@@ -45,7 +45,13 @@ def test_health_needs_no_key_and_reports_availability(engine_gateway: RunningGat
     availability = {model["id"]: model["available"] for model in body["models"]}
     assert availability["scripted"] is True
     assert availability["orphan"] is False
-    assert body["workers"] == [{"node_id": "local", "in_flight": 0}]
+    [worker] = body["workers"]
+    assert worker["node_id"] == "local"
+    assert worker["in_flight"] == 0
+    assert {"jobs", "failures", "error_rate", "tokens_per_second"} <= set(worker)
+    scripted = next(model for model in body["models"] if model["id"] == "scripted")
+    assert scripted["workers"] == 1
+    assert scripted["waiting"] == 0
 
 
 def test_metrics_count_requests_latency_and_tokens(engine_gateway: RunningGateway) -> None:

@@ -48,7 +48,7 @@ def create_app(
         )
         database = Database.from_settings(settings)
         await database.migrate()
-        registry = WorkerRegistry()
+        registry = WorkerRegistry(queue_timeout=settings.queue_timeout)
         catalog = Catalog(catalog_specs)
         app.state.services = Services(
             settings=settings,
@@ -56,7 +56,12 @@ def create_app(
             accounts=AccountService(database),
             catalog=catalog,
             registry=registry,
-            chat=ChatService(catalog, registry, max_image_bytes=settings.max_image_bytes),
+            chat=ChatService(
+                catalog,
+                registry,
+                max_image_bytes=settings.max_image_bytes,
+                max_attempts=settings.max_attempts,
+            ),
             metrics=metrics,
         )
         host = _embedded_host(settings, catalog_specs, secrets or {})

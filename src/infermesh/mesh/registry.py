@@ -1,57 +1,178 @@
-"""The registry of connected workers and the choice of one for a request."""
+"""The registry of connected workers: free slots, a fair bounded wait, and leases.
+
+A job holds a :class:`Lease` on one slot of one worker from dispatch to its end.
+When every worker serving a model is full, requests wait in a FIFO queue for a slot,
+for at most ``queue_timeout`` seconds, then get a 503 with ``Retry-After``. When no
+worker serves the model at all, the 503 comes at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import time
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from infermesh.errors import NoWorkerAvailable
+from infermesh.mesh.policy import Candidate, PowerOfTwoChoices, RoutingPolicy
+from infermesh.mesh.stats import WorkerStats
 from infermesh.mesh.worker import Worker
 
 NO_WORKER_RETRY_AFTER = 5.0
+BUSY_RETRY_AFTER = 2.0
+
+
+@dataclass
+class Lease:
+    """One job's hold on a worker slot; measures the job for the router."""
+
+    worker: Worker
+    model: str
+    registry: WorkerRegistry
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    completion_tokens: int = 0
+    outcome: str | None = None
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def succeeded(self, completion_tokens: int) -> None:
+        self.outcome, self.completion_tokens = "ok", completion_tokens
+
+    def failed(self) -> None:
+        self.outcome = "failed"
+
+    def release(self) -> None:
+        """Give the slot back (idempotent) and record what the job showed of the worker."""
+        if self.outcome == "released":
+            return
+        self.registry._release(self)
+        self.outcome = "released"
+
+
+@dataclass
+class _Waiter:
+    model: str
+    exclude: Collection[str]
+    future: asyncio.Future[Lease]
 
 
 class WorkerRegistry:
-    """Workers by node id, with the number of jobs each has in flight."""
+    """Workers by node id, their slots in use per model, and the requests waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, queue_timeout: float = 5.0, policy: RoutingPolicy | None = None) -> None:
+        self.queue_timeout = queue_timeout
+        self._policy = policy or PowerOfTwoChoices()
         self._workers: dict[str, Worker] = {}
-        self._in_flight: dict[str, int] = {}
+        self._busy: dict[tuple[str, str], int] = {}
+        self._stats: dict[str, WorkerStats] = {}
+        self._waiters: deque[_Waiter] = deque()
 
     def add(self, worker: Worker) -> None:
         self._workers[worker.node_id] = worker
-        self._in_flight.setdefault(worker.node_id, 0)
+        self._stats.setdefault(worker.node_id, WorkerStats())
+        self.wake()
 
     def remove(self, node_id: str) -> None:
         self._workers.pop(node_id, None)
-        self._in_flight.pop(node_id, None)
+        self.wake()
 
     def workers(self) -> list[Worker]:
         return list(self._workers.values())
+
+    def stats(self, node_id: str) -> WorkerStats:
+        return self._stats.setdefault(node_id, WorkerStats())
 
     def is_available(self, model: str) -> bool:
         return any(worker.serves(model) for worker in self._workers.values())
 
     def in_flight(self, node_id: str) -> int:
-        return self._in_flight.get(node_id, 0)
+        return sum(count for (node, _), count in self._busy.items() if node == node_id)
 
-    @asynccontextmanager
-    async def lease(self, model: str) -> AsyncIterator[Worker]:
-        """Pick the worker with the least work in flight for ``model`` and hold it."""
-        worker = self._pick(model)
-        node_id = worker.node_id
-        self._in_flight[node_id] = self._in_flight.get(node_id, 0) + 1
-        try:
-            yield worker
-        finally:
-            if node_id in self._in_flight:
-                self._in_flight[node_id] -= 1
+    def waiting(self, model: str | None = None) -> int:
+        return sum(1 for waiter in self._waiters if model is None or waiter.model == model)
 
-    def _pick(self, model: str) -> Worker:
-        candidates = [worker for worker in self._workers.values() if worker.serves(model)]
-        if not candidates:
-            raise NoWorkerAvailable(
-                f"No worker is serving the model '{model}' right now. Try again later.",
-                retry_after=NO_WORKER_RETRY_AFTER,
+    async def acquire(self, model: str, *, exclude: Collection[str] = ()) -> Lease:
+        """A slot on a worker for ``model`` (not one in ``exclude``), waiting if all are busy."""
+        if not self._serving(model, exclude):
+            raise _no_worker(model)
+        waiter = _Waiter(model, exclude, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self.wake()
+        if not waiter.future.done():
+            await asyncio.wait({waiter.future}, timeout=self.queue_timeout)
+        if waiter.future.done() and not waiter.future.cancelled():
+            return waiter.future.result()  # a lease, or the error set by wake()
+        self._waiters.remove(waiter)
+        waiter.future.cancel()
+        raise NoWorkerAvailable(
+            f"Every worker serving '{model}' is busy. Try again shortly.",
+            code="workers_busy",
+            retry_after=BUSY_RETRY_AFTER,
+        )
+
+    def wake(self) -> None:
+        """Hand free slots to waiters in arrival order; fail those nobody can serve any more."""
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            if not self._serving(waiter.model, waiter.exclude):
+                self._waiters.remove(waiter)
+                waiter.future.set_exception(_no_worker(waiter.model))
+                continue
+            candidates = self._candidates(waiter.model, waiter.exclude)
+            if not candidates:
+                continue  # stays first in line for this model; later waiters may differ
+            chosen = self._workers[self._policy.choose(candidates).node_id]
+            self._waiters.remove(waiter)
+            waiter.future.set_result(self._lease(chosen, waiter.model))
+
+    def _serving(self, model: str, exclude: Collection[str]) -> bool:
+        return any(
+            worker.serves(model)
+            for node_id, worker in self._workers.items()
+            if node_id not in exclude
+        )
+
+    def _candidates(self, model: str, exclude: Collection[str]) -> list[Candidate]:
+        return [
+            Candidate(node_id, self.in_flight(node_id), self.stats(node_id))
+            for node_id, worker in self._workers.items()
+            if node_id not in exclude
+            and worker.serves(model)
+            and self._busy.get((node_id, model), 0) < worker.capacity(model)
+        ]
+
+    def _lease(self, worker: Worker, model: str) -> Lease:
+        key = (worker.node_id, model)
+        self._busy[key] = self._busy.get(key, 0) + 1
+        return Lease(worker=worker, model=model, registry=self)
+
+    def _release(self, lease: Lease) -> None:
+        key = (lease.worker.node_id, lease.model)
+        remaining = self._busy.get(key, 0) - 1
+        if remaining > 0:
+            self._busy[key] = remaining
+        else:
+            self._busy.pop(key, None)
+        stats = self.stats(lease.worker.node_id)
+        if lease.outcome == "ok":
+            ttft = None if lease.first_token_at is None else lease.first_token_at - lease.started
+            seconds = time.perf_counter() - (lease.first_token_at or lease.started)
+            stats.record_success(
+                time_to_first_token=ttft, tokens=lease.completion_tokens, seconds=seconds
             )
-        return min(candidates, key=lambda worker: self._in_flight.get(worker.node_id, 0))
+        elif lease.outcome == "failed":
+            stats.record_failure()
+        self.wake()
+
+
+def _no_worker(model: str) -> NoWorkerAvailable:
+    return NoWorkerAvailable(
+        f"No worker is serving the model '{model}' right now. Try again later.",
+        retry_after=NO_WORKER_RETRY_AFTER,
+    )

@@ -52,13 +52,17 @@ async def create_chat_completion(
 ) -> Response:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     chat_request = parse_chat_request(await request.body())
+    if not chat_request.stream:
+        completion = await services.chat.complete(chat_request, record)
+        headers = {"x-infermesh-node-id": completion.metadata.node_id}
+        return JSONResponse(completion.model_dump(mode="json"), headers=headers)
     generation = await services.chat.start(chat_request, record)
-    headers = {"x-infermesh-node-id": generation.identity.node_id}
-    if chat_request.stream:
-        options = chat_request.stream_options
-        include_usage = bool(options and options.include_usage)
-        events = services.chat.stream(generation, include_usage=include_usage)
-        headers |= {"cache-control": "no-cache", "x-accel-buffering": "no"}
-        return GenerationStream(events, generation, headers)
-    completion = await services.chat.collect(generation)
-    return JSONResponse(completion.model_dump(mode="json"), headers=headers)
+    options = chat_request.stream_options
+    include_usage = bool(options and options.include_usage)
+    events = services.chat.stream(generation, include_usage=include_usage)
+    headers = {
+        "x-infermesh-node-id": generation.identity.node_id,
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+    }
+    return GenerationStream(events, generation, headers)

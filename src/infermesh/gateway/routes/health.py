@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from infermesh import __version__
 from infermesh.gateway.deps import ServicesDep
+from infermesh.mesh.registry import WorkerRegistry
 
 router = APIRouter()
 
@@ -18,16 +19,32 @@ async def health(services: ServicesDep) -> dict[str, Any]:
     """Liveness, version, and which models can be served right now."""
     registry = services.registry
     models = [
-        {"id": spec.id, "available": registry.is_available(spec.id)} for spec in services.catalog
+        {
+            "id": spec.id,
+            "available": registry.is_available(spec.id),
+            "workers": sum(1 for worker in registry.workers() if worker.serves(spec.id)),
+            "waiting": registry.waiting(spec.id),
+        }
+        for spec in services.catalog
     ]
     return {
         "status": "ok",
         "version": __version__,
         "models": models,
-        "workers": [
-            {"node_id": worker.node_id, "in_flight": registry.in_flight(worker.node_id)}
-            for worker in registry.workers()
-        ],
+        "workers": [_worker_health(registry, worker.node_id) for worker in registry.workers()],
+    }
+
+
+def _worker_health(registry: WorkerRegistry, node_id: str) -> dict[str, Any]:
+    stats = registry.stats(node_id)
+    return {
+        "node_id": node_id,
+        "in_flight": registry.in_flight(node_id),
+        "jobs": stats.jobs,
+        "failures": stats.failures,
+        "error_rate": round(stats.error_rate, 3),
+        "time_to_first_token_s": stats.time_to_first_token,
+        "tokens_per_second": stats.tokens_per_second,
     }
 
 
