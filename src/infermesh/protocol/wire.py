@@ -110,7 +110,9 @@ WorkerFrame = Annotated[
     Hello | Heartbeat | Chunk | Done | JobError | Drain, Field(discriminator="type")
 ]
 
-gateway_frames: TypeAdapter[Welcome | Refused | Heartbeat | Job | Cancel] = TypeAdapter(GatewayFrame)
+gateway_frames: TypeAdapter[Welcome | Refused | Heartbeat | Job | Cancel] = TypeAdapter(
+    GatewayFrame
+)
 worker_frames: TypeAdapter[Hello | Heartbeat | Chunk | Done | JobError | Drain] = TypeAdapter(
     WorkerFrame
 )

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Dialect, ForeignKey, Integer, MetaData, String, func
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    false,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -89,3 +100,28 @@ class ApiKey(Base):
     )
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class RegisteredWorker(Base):
+    """A worker of a GPU operator: its token (SHA-256 hash and prefix only) and its state."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    operator_account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=func.current_timestamp()
+    )
+    revoked_at: Mapped[datetime | None]
+    last_connected_at: Mapped[datetime | None]
+    last_seen_at: Mapped[datetime | None]
+    online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    node_id: Mapped[str | None] = mapped_column(String(200))
+    models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    jobs_served: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    jobs_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -1,0 +1,146 @@
+"""``infermesh workers``: worker tokens of GPU operators, and the workers' state."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from infermesh.accounts.workers import CreatedWorkerToken, WorkerRecord, WorkerTokenService
+from infermesh.cli.db import run_with_database
+from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
+from infermesh.config import Settings
+
+T = TypeVar("T")
+
+workers_app = typer.Typer(
+    help="Worker tokens of GPU operators, and the workers they connect.", no_args_is_help=True
+)
+token_app = typer.Typer(help="Create worker tokens.", no_args_is_help=True)
+workers_app.add_typer(token_app, name="token")
+
+WorkerName = Annotated[
+    str, typer.Option("--name", help="A name for the worker.", show_default=False)
+]
+Operator = Annotated[
+    str, typer.Option("--operator", help="Account of the GPU operator (created if new).")
+]
+WorkerId = Annotated[str, typer.Argument(help="Id of the worker (wrk_…).", show_default=False)]
+_STATUS_STYLES = {"online": "green", "offline": "yellow", "revoked": "red"}
+
+
+def _with_workers(settings: Settings, action: Callable[[WorkerTokenService], Awaitable[T]]) -> T:
+    return run_with_database(settings, lambda database: action(WorkerTokenService(database)))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _show_created(created: CreatedWorkerToken, *, as_json: bool) -> None:
+    record = created.record
+    if as_json:
+        fields = {
+            "token": created.token,
+            "id": record.id,
+            "name": record.name,
+            "operator": record.operator,
+        }
+        typer.echo(json.dumps(fields))
+        return
+    body = Text()
+    body.append(created.token + "\n\n", style="bold green")
+    body.append(f"id {record.id} · name {record.name} · operator {record.operator}")
+    body.append("\nStore it now: it will not be shown again.", style="yellow")
+    Console().print(Panel(body, title="New worker token", expand=False))
+
+
+def _worker_json(record: WorkerRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "operator": record.operator,
+        "prefix": record.prefix,
+        "status": record.status,
+        "node_id": record.node_id,
+        "models": list(record.models),
+        "jobs_served": record.jobs_served,
+        "jobs_failed": record.jobs_failed,
+        "created_at": record.created_at.isoformat(),
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+        "last_seen_at": record.last_seen_at.isoformat() if record.last_seen_at else None,
+    }
+
+
+def _worker_table(records: list[WorkerRecord]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    columns = ("id", "name", "operator", "status", "models", "served", "failed", "last seen")
+    for column in columns:
+        numeric = column in ("served", "failed")
+        table.add_column(
+            column, no_wrap=column in ("id", "status"), justify="right" if numeric else "left"
+        )
+    for record in records:
+        style = _STATUS_STYLES[record.status]
+        table.add_row(
+            record.id,
+            Text(record.name),
+            Text(record.operator),
+            Text(record.status, style=style),
+            Text(", ".join(record.models) or "-"),
+            str(record.jobs_served),
+            str(record.jobs_failed),
+            _when(record.last_seen_at),
+        )
+    return table
+
+
+@token_app.command("create")
+def create_token(
+    name: WorkerName,
+    operator: Operator = "default",
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a worker token (and the operator account if it is new); shown only once."""
+    settings = make_settings(data_dir=data_dir, database_url=database_url)
+    created = _with_workers(settings, lambda service: service.create(name, operator=operator))
+    _show_created(created, as_json=as_json)
+
+
+@workers_app.command("list")
+def list_workers(
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List workers with their status and job counts (never their tokens)."""
+    settings = make_settings(data_dir=data_dir, database_url=database_url)
+    records = _with_workers(settings, lambda service: service.list())
+    if as_json:
+        typer.echo(json.dumps([_worker_json(record) for record in records]))
+    elif records:
+        Console().print(_worker_table(records))
+    else:
+        Console().print("No workers.")
+
+
+@workers_app.command("revoke")
+def revoke(worker_id: WorkerId, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Revoke a worker's token; a connected worker is disconnected within seconds."""
+    settings = make_settings(data_dir=data_dir, database_url=database_url)
+    record = _with_workers(settings, lambda service: service.revoke(worker_id))
+    Console().print(
+        f"Revoked {record.id} ({escape(record.name)}, operator {escape(record.operator)}). "
+        "If it is connected, the gateway disconnects it within a few seconds."
+    )
