@@ -8,6 +8,8 @@ from infermesh.cli.db import db_app
 from infermesh.cli.keys import keys_app
 from infermesh.cli.models import models_app
 from infermesh.cli.serve import serve
+from infermesh.cli.worker import worker
+from infermesh.cli.workers import workers_app
 
 app = typer.Typer(
     name="infermesh",
@@ -16,9 +18,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(serve)
+app.command("worker")(worker)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(workers_app, name="workers")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from infermesh import __version__
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.workers import WorkerTokenService
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import CatalogFile
@@ -20,7 +21,7 @@ from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
-from infermesh.gateway.routes import chat, health, models
+from infermesh.gateway.routes import chat, health, models, workers
 from infermesh.gateway.state import Services
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
@@ -63,7 +64,9 @@ def create_app(
                 max_attempts=settings.max_attempts,
             ),
             metrics=metrics,
+            workers=WorkerTokenService(database),
         )
+        await app.state.services.workers.mark_all_offline()
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
@@ -87,6 +90,7 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(workers.router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.workers import WorkerTokenService
 from infermesh.catalog.catalog import Catalog
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
@@ -24,3 +25,4 @@ class Services:
     registry: WorkerRegistry
     chat: ChatService
     metrics: Metrics
+    workers: WorkerTokenService

@@ -1,0 +1,208 @@
+"""``infermesh worker``: serve models from this machine to a gateway anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import StrEnum
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from infermesh.catalog.spec import BackendKind, ModelSpec
+from infermesh.cli.options import DataDir, make_settings
+from infermesh.errors import ConfigError
+from infermesh.protocol.wire import Welcome
+from infermesh.telemetry import configure_logging
+from infermesh.worker.agent import (
+    EXIT_REFUSED,
+    AgentConfig,
+    JobCounts,
+    WorkerAgent,
+    connect_url,
+    serve_spec,
+)
+from infermesh.worker.agent.config import UPSTREAM_KEY_ENV
+from infermesh.worker.host import HostOptions, ModelHost
+
+_JOBS_LINE_EVERY = 1.0
+
+
+class BackendChoice(StrEnum):
+    """The engine a worker runs its models on."""
+
+    openai = "openai"
+    transformers = "transformers"
+
+
+Gateway = Annotated[
+    str,
+    typer.Option(
+        "--gateway",
+        envvar="INFERMESH_GATEWAY",
+        help="The gateway's URL, e.g. https://gateway.example.com.",
+        show_default=False,
+    ),
+]
+Serve = Annotated[
+    list[str],
+    typer.Option(
+        "--serve",
+        help="MODEL_ID[=ENGINE_MODEL]: a catalog model and the engine's name (openai) or "
+        "path/hub id (transformers) for it. Repeatable.",
+        show_default=False,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="INFERMESH_WORKER_TOKEN",
+        help="Worker token (from `infermesh workers token create`).",
+        show_default=False,
+    ),
+]
+Backend = Annotated[
+    BackendChoice | None,
+    typer.Option(
+        "--backend",
+        help="Engine: an OpenAI-compatible server (openai) or in-process (transformers). "
+        "Default: openai with --upstream-url, else transformers.",
+        show_default=False,
+    ),
+]
+UpstreamUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream-url",
+        help="Base URL of the OpenAI-compatible engine, e.g. http://127.0.0.1:8001/v1.",
+        show_default=False,
+    ),
+]
+UpstreamKey = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream-key",
+        envvar=UPSTREAM_KEY_ENV,
+        help="API key of the upstream engine.",
+        show_default=False,
+    ),
+]
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", min=1, max=4096, help="Jobs per model at once.")
+]
+Name = Annotated[
+    str | None, typer.Option("--name", help="A name shown on the gateway.", show_default=False)
+]
+
+
+def worker(
+    gateway: Gateway,
+    serve: Serve,
+    token: Token = None,
+    backend: Backend = None,
+    upstream_url: UpstreamUrl = None,
+    upstream_key: UpstreamKey = None,
+    concurrency: Concurrency = 4,
+    name: Name = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Connect to a gateway and serve its requests for the given models."""
+    console = Console(stderr=True, soft_wrap=True)
+    settings = make_settings(data_dir=data_dir)
+    configure_logging(level=settings.log_level)
+    if not token:
+        _fail(console, "a worker token is needed: --token or INFERMESH_WORKER_TOKEN")
+    kind: BackendKind = backend.value if backend else "openai" if upstream_url else "transformers"
+    key_env = UPSTREAM_KEY_ENV if upstream_key else None
+    try:
+        url = connect_url(gateway)
+        specs = _specs(serve, backend=kind, upstream_url=upstream_url, upstream_key_env=key_env)
+    except ConfigError as exc:
+        _fail(console, str(exc))
+    options = HostOptions(
+        models_dir=settings.models_dir,
+        max_batch_size=settings.engine_max_batch,
+        device=settings.device,
+        secrets={UPSTREAM_KEY_ENV: upstream_key} if upstream_key else {},
+    )
+    host = ModelHost(specs, options)
+    config = AgentConfig(
+        url=url, token=token, models={spec.id: concurrency for spec in specs}, name=name
+    )
+    agent = WorkerAgent(config, host, ConsoleObserver(console))
+    raise typer.Exit(asyncio.run(agent.run()))
+
+
+def _specs(
+    values: list[str],
+    *,
+    backend: BackendKind,
+    upstream_url: str | None,
+    upstream_key_env: str | None,
+) -> list[ModelSpec]:
+    specs = [
+        serve_spec(
+            value, backend=backend, upstream_url=upstream_url, upstream_key_env=upstream_key_env
+        )
+        for value in values
+    ]
+    ids = [spec.id for spec in specs]
+    duplicates = sorted({model for model in ids if ids.count(model) > 1})
+    if duplicates:
+        raise ConfigError(f"--serve names {', '.join(duplicates)} more than once")
+    return specs
+
+
+def _fail(console: Console, message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(EXIT_REFUSED)
+
+
+class ConsoleObserver:
+    """Shows the agent's state on the terminal, one line per change."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._jobs_line_at = 0.0
+
+    def _say(self, markup: str) -> None:
+        self._console.print(markup, highlight=False)
+
+    def starting(self, models: list[str]) -> None:
+        self._say(f"starting models: {escape(', '.join(models))}")
+
+    def connecting(self, url: str) -> None:
+        self._say(f"connecting to {escape(url)} ...")
+
+    def registered(self, welcome: Welcome) -> None:
+        models = escape(", ".join(welcome.accepted))
+        node = escape(welcome.node_id)
+        self._say(f"[green]registered[/green] as node [bold]{node}[/bold] serving {models}")
+        for model in welcome.refused:
+            self._say(f"[yellow]model {escape(model.id)} refused:[/yellow] {escape(model.reason)}")
+
+    def refused(self, code: str, reason: str, *, fatal: bool) -> None:
+        outcome = "; not retrying" if fatal else ""
+        self._say(f"[red]refused by the gateway[/red] ({escape(code)}): {escape(reason)}{outcome}")
+
+    def disconnected(self, reason: str, *, retry_in: float | None) -> None:
+        retry = f"; reconnecting in {retry_in:.1f}s" if retry_in is not None else ""
+        self._say(f"[yellow]{escape(reason)}[/yellow]{retry}")
+
+    def jobs_changed(self, counts: JobCounts) -> None:
+        now = time.monotonic()
+        if counts.in_flight and now - self._jobs_line_at < _JOBS_LINE_EVERY:
+            return
+        self._jobs_line_at = now
+        self._say(
+            f"jobs: {counts.in_flight} in flight, {counts.served} served, {counts.failed} failed"
+        )
+
+    def draining(self, in_flight: int) -> None:
+        self._say(f"[yellow]draining:[/yellow] no new jobs; waiting for {in_flight} in flight")
+
+    def stopped(self, reason: str) -> None:
+        self._say(f"stopped ({escape(reason)})")

@@ -1,0 +1,104 @@
+"""One worker's WebSocket, as frames: sent in order, received and parsed with limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from infermesh.errors import WorkerLost
+from infermesh.mesh.remote import GatewayMessage, WorkerMessage
+from infermesh.protocol.wire import MAX_FRAME_BYTES, worker_frames
+
+logger = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+_MAX_CLOSE_REASON_BYTES = 123
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The worker closed the connection (or it broke)."""
+
+    code: int
+    reason: str = ""
+
+
+class MalformedFrame(Exception):
+    """A frame that is not one valid worker frame (or is too large)."""
+
+
+class WebSocketLink:
+    """A :class:`~infermesh.mesh.remote.FrameLink` over an accepted Starlette WebSocket.
+
+    Sends are serialized (jobs, cancels and heartbeats come from different tasks) and
+    a failed send raises :class:`WorkerLost`.
+    """
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: GatewayMessage) -> None:
+        async with self._send_lock:
+            try:
+                await self._websocket.send_text(frame.model_dump_json())
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                raise WorkerLost("the worker's connection is closed") from exc
+
+    async def receive_text(self) -> str | Disconnected:
+        """The next text frame; raises :class:`MalformedFrame` for binary or oversized ones."""
+        try:
+            message = await self._websocket.receive()
+        except (RuntimeError, OSError):
+            return Disconnected(1006, "connection lost")
+        if message["type"] == "websocket.disconnect":
+            return Disconnected(int(message.get("code") or 1005), str(message.get("reason") or ""))
+        text = message.get("text")
+        if text is None:
+            raise MalformedFrame("binary frame (frames are JSON text)")
+        if len(text) > MAX_FRAME_BYTES or len(text.encode()) > MAX_FRAME_BYTES:
+            raise MalformedFrame(f"frame larger than {MAX_FRAME_BYTES} bytes")
+        return str(text)
+
+    async def receive(self) -> WorkerMessage | Disconnected:
+        """The next frame; raises :class:`MalformedFrame` for one that is not valid."""
+        text = await self.receive_text()
+        if isinstance(text, Disconnected):
+            return text
+        try:
+            return worker_frames.validate_json(text)
+        except ValidationError as exc:
+            raise MalformedFrame(describe_invalid(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` and ``reason`` (if it is still open)."""
+        if self._websocket.application_state == WebSocketState.DISCONNECTED:
+            return
+        if self._websocket.client_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self._websocket.close(code, close_reason(reason))
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a WebSocket close frame can carry (123 bytes of UTF-8)."""
+    encoded = reason.encode()
+    if len(encoded) <= _MAX_CLOSE_REASON_BYTES:
+        return reason
+    return encoded[: _MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A short account of why a frame is invalid (never the frame's content)."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"])[:100] or "frame"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"malformed frame: {location}: {first['msg']}{more}"

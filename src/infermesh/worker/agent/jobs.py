@@ -1,0 +1,165 @@
+"""The jobs a worker runs for one gateway connection, each as an asyncio task.
+
+A job's chunks go back as ``chunk`` frames and its end as ``done`` (or ``error``).
+Each model runs at most its announced number of jobs at once; a job over that limit,
+for a model not served, or sent while draining is answered with an ``error`` frame
+straight away so the gateway can try another worker. A job's slot is given back
+before its last frame is sent, so the gateway never sees a slot free that is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+from websockets.exceptions import ConnectionClosed
+
+from infermesh.errors import BackendError, InfermeshError, InvalidRequest, UpstreamRejected
+from infermesh.protocol.chat import Usage
+from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.wire import Chunk, Done, Drain, Heartbeat, Hello, JobError
+from infermesh.worker.agent.observer import JobCounts
+from infermesh.worker.host import ModelHost
+
+logger = logging.getLogger(__name__)
+
+WorkerMessage = Hello | Heartbeat | Chunk | Done | JobError | Drain
+_NO_USAGE = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+Send = Callable[[WorkerMessage], Awaitable[None]]
+
+
+class JobRunner:
+    """Runs jobs on a model host within each model's concurrency, and cancels them."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        send: Send,
+        limits: Mapping[str, int],
+        counts: JobCounts,
+        on_change: Callable[[JobCounts], None],
+    ) -> None:
+        self._host = host
+        self._send = send
+        self._limits = dict(limits)
+        self._counts = counts
+        self._on_change = on_change
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._models: dict[str, str] = {}
+        self._busy: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.accepting = True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def submit(self, job: GenerationJob) -> None:
+        """Start ``job``, or answer at once with the reason it can't run here."""
+        refusal = self._refusal(job)
+        if refusal is not None:
+            code, message = refusal
+            logger.info("job %s refused: %s", job.id, code)
+            await self._send(JobError(job_id=job.id, code=code, message=message))
+            return
+        self._models[job.id] = job.model
+        self._busy[job.model] = self._busy.get(job.model, 0) + 1
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._release(job.id, task))
+        self._changed()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop ``job_id`` (the gateway no longer wants it); its slot is free at once."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            logger.info("job %s cancelled", job_id)
+            self._release(job_id, task)
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        """Stop every job (the connection is gone: the gateway failed them over)."""
+        for job_id in list(self._tasks):
+            self.cancel(job_id)
+
+    async def wait_idle(self) -> None:
+        """Return once no job is running."""
+        await self._idle.wait()
+
+    def _refusal(self, job: GenerationJob) -> tuple[str, str] | None:
+        if not self.accepting:
+            return "worker_draining", "The worker is draining and takes no new jobs."
+        if job.id in self._tasks:
+            return "duplicate_job", "A job with this id is already running on this worker."
+        limit = self._limits.get(job.model)
+        if limit is None or not self._host.is_ready(job.model):
+            return "model_not_served", f"This worker does not serve '{job.model}'."
+        if self._busy.get(job.model, 0) >= limit:
+            return "worker_busy", f"This worker already runs {limit} jobs for '{job.model}'."
+        return None
+
+    async def _run(self, job: GenerationJob) -> None:
+        try:
+            final: WorkerMessage = await self._stream(job)
+            self._counts.served += 1
+        except ConnectionClosed:
+            return  # the gateway is gone; it has failed the job over already
+        except InfermeshError as exc:
+            final = _error_frame(job.id, exc)
+            self._counts.failed += 1
+        except Exception as exc:
+            logger.error("job %s failed: %s", job.id, type(exc).__name__)
+            final = JobError(job_id=job.id, code="worker_error", message="The worker failed.")
+            self._counts.failed += 1
+        self._release(job.id, asyncio.current_task())
+        try:
+            await self._send(final)
+        except ConnectionClosed:
+            return
+
+    async def _stream(self, job: GenerationJob) -> Done:
+        """Send the job's chunks; return its ``done`` frame."""
+        chunks = self._host.generate(job)
+        try:
+            async for chunk in chunks:
+                if chunk.content or chunk.tool_calls:
+                    piece = GenerationChunk(content=chunk.content, tool_calls=chunk.tool_calls)
+                    await self._send(Chunk(job_id=job.id, chunk=piece))
+                if chunk.finish_reason is not None:
+                    usage = chunk.usage or _NO_USAGE
+                    return Done(job_id=job.id, finish_reason=chunk.finish_reason, usage=usage)
+        finally:
+            await _close(chunks)
+        raise BackendError("The engine ended the job without finishing it.")
+
+    def _release(self, job_id: str, task: asyncio.Task[None] | None) -> None:
+        """Give back the slot of ``task`` running ``job_id`` (once) and tell the observer."""
+        if task is None or self._tasks.get(job_id) is not task:
+            return
+        del self._tasks[job_id]
+        model = self._models.pop(job_id)
+        self._busy[model] -= 1
+        self._changed()
+
+    def _changed(self) -> None:
+        self._counts.in_flight = len(self._tasks)
+        if self._tasks:
+            self._idle.clear()
+        else:
+            self._idle.set()
+        self._on_change(self._counts)
+
+
+def _error_frame(job_id: str, exc: InfermeshError) -> JobError:
+    """The error frame of a failed job; a refused request carries its 4xx status."""
+    status = exc.status_code if isinstance(exc, InvalidRequest | UpstreamRejected) else None
+    code = exc.code or "backend_error"
+    return JobError(job_id=job_id, code=code, message=exc.message[:4000], status=status)
+
+
+async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,191 @@
+"""One connection of a worker to its gateway: the handshake, then frames both ways.
+
+After ``hello``/``welcome``, three tasks run until one ends the connection: the reader
+(jobs and cancels in), the heartbeat (out every interval; a gateway silent for a few
+intervals is taken for dead), and the drainer (on a drain request: send ``drain``,
+wait for the jobs in flight, close). Whatever ends it, the jobs still running stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from infermesh import __version__
+from infermesh.protocol.wire import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Drain,
+    Heartbeat,
+    Hello,
+    Job,
+    Refused,
+    ServedModel,
+    Welcome,
+    gateway_frames,
+)
+from infermesh.worker.agent.config import AgentConfig
+from infermesh.worker.agent.jobs import JobRunner, WorkerMessage
+from infermesh.worker.agent.observer import AgentObserver, JobCounts
+from infermesh.worker.host import ModelHost
+
+logger = logging.getLogger(__name__)
+
+FATAL_REFUSALS = frozenset({"unauthorized", "unsupported_protocol", "no_known_models"})
+"""Refusals that another attempt would get again: the agent stops instead of retrying."""
+
+_MIN_HEARTBEAT_INTERVAL = 0.05
+
+GatewayMessage = Welcome | Refused | Heartbeat | Job | Cancel
+
+
+class Refusal(Exception):
+    """The gateway refused the worker; ``fatal`` when retrying cannot help."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.fatal = code in FATAL_REFUSALS
+
+
+class GatewaySession:
+    """A worker's side of one WebSocket connection to the gateway."""
+
+    def __init__(
+        self,
+        websocket: ClientConnection,
+        host: ModelHost,
+        config: AgentConfig,
+        observer: AgentObserver,
+        counts: JobCounts,
+    ) -> None:
+        self._websocket = websocket
+        self._host = host
+        self._config = config
+        self._observer = observer
+        self._counts = counts
+        self._send_lock = asyncio.Lock()
+        self._last_heard = time.monotonic()
+
+    async def send(self, frame: WorkerMessage) -> None:
+        async with self._send_lock:
+            await self._websocket.send(frame.model_dump_json())
+
+    async def handshake(self) -> Welcome:
+        """Say hello; return the welcome, or raise :class:`Refusal`."""
+        models = [ServedModel(id=model, concurrency=n) for model, n in self._config.models.items()]
+        hello = Hello(
+            protocol_version=PROTOCOL_VERSION,
+            worker_version=__version__,
+            name=self._config.name,
+            models=models,
+        )
+        await self.send(hello)
+        try:
+            message = await asyncio.wait_for(self._websocket.recv(), self._config.connect_timeout)
+        except ConnectionClosed as exc:
+            raise Refusal("closed", describe_close(exc)) from None
+        frame = _parse(message)
+        if isinstance(frame, Refused):
+            raise Refusal(frame.code, frame.reason)
+        if not isinstance(frame, Welcome):
+            raise Refusal("protocol_error", "the gateway did not answer the hello with a welcome")
+        self._last_heard = time.monotonic()
+        return frame
+
+    async def serve(
+        self, welcome: Welcome, *, draining: asyncio.Event, force: asyncio.Event
+    ) -> str:
+        """Run jobs until the connection ends; return why it ended."""
+        announced = self._config.models
+        limits = {model: announced[model] for model in welcome.accepted if model in announced}
+        runner = JobRunner(self._host, self.send, limits, self._counts, self._observer.jobs_changed)
+        interval = max(welcome.heartbeat_interval, _MIN_HEARTBEAT_INTERVAL)
+        tasks = {
+            asyncio.create_task(self._read(runner)),
+            asyncio.create_task(self._heartbeat(interval, runner)),
+            asyncio.create_task(self._drain(runner, draining, force)),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            return done.pop().result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            runner.cancel_all()
+
+    async def _read(self, runner: JobRunner) -> str:
+        try:
+            async for message in self._websocket:
+                self._last_heard = time.monotonic()
+                frame = _parse(message)
+                if isinstance(frame, Job):
+                    await runner.submit(frame.job)
+                elif isinstance(frame, Cancel):
+                    runner.cancel(frame.job_id)
+                elif isinstance(frame, Refused):
+                    return f"refused ({frame.code}): {frame.reason}"
+        except ConnectionClosed as exc:
+            return describe_close(exc)
+        if not runner.accepting and self._websocket.close_code == 1000:
+            return "drained"
+        return _describe_code(self._websocket.close_code, self._websocket.close_reason)
+
+    async def _heartbeat(self, interval: float, runner: JobRunner) -> str:
+        silent_limit = interval * self._config.heartbeat_misses
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if time.monotonic() - self._last_heard > silent_limit:
+                    return f"the gateway was silent for {silent_limit:g}s"
+                await self.send(Heartbeat(in_flight=runner.in_flight))
+        except ConnectionClosed as exc:
+            return describe_close(exc)
+
+    async def _drain(self, runner: JobRunner, draining: asyncio.Event, force: asyncio.Event) -> str:
+        await draining.wait()
+        runner.accepting = False
+        try:
+            await self.send(Drain())
+            self._observer.draining(runner.in_flight)
+            await _first_of(runner.wait_idle(), force.wait())
+            await self._websocket.close(1000, "drained")
+        except ConnectionClosed as exc:
+            return describe_close(exc)
+        return "drained"
+
+
+def _parse(message: str | bytes) -> GatewayMessage | None:
+    try:
+        return gateway_frames.validate_json(message)
+    except ValidationError as exc:
+        logger.warning("the gateway sent a malformed frame (%d errors); ignored", exc.error_count())
+        return None
+
+
+def describe_close(exc: ConnectionClosed) -> str:
+    """Why a connection closed, in words."""
+    if exc.rcvd is None:
+        return "the connection to the gateway was lost"
+    return _describe_code(exc.rcvd.code, exc.rcvd.reason)
+
+
+def _describe_code(code: int | None, reason: str | None) -> str:
+    detail = f": {reason}" if reason else ""
+    return f"the gateway closed the connection ({code}{detail})"
+
+
+async def _first_of(*waits: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,226 @@
+"""Helpers for the worker network tests: tokens, ``infermesh worker`` processes, raw
+WebSocket "workers", log capture, and polling with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from infermesh.accounts.workers import CreatedWorkerToken, WorkerTokenService
+from infermesh.catalog.spec import ModelSpec
+from infermesh.catalog.store import default_models
+from infermesh.config import Settings
+from infermesh.protocol.models import Capabilities
+from infermesh.store.database import Database
+from tests.fakes.engine import ScriptedEngine
+from tests.support.gateway import RunningGateway
+from tests.support.processes import RunningProcess, infermesh_command
+
+HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_misses": 3}
+REGISTERED = re.compile(r"registered as node (\S+)")
+
+
+def mesh_specs() -> list[ModelSpec]:
+    """The catalog of the mesh gateways: the tiny model and models for remote workers."""
+    scripted = {"tier": "frontier", "capabilities": Capabilities(tools=True, vision=False)}
+    return [
+        *default_models(),
+        ModelSpec(id="scripted", **scripted),
+        ModelSpec(id="slow", **scripted),
+        ModelSpec(id="spread", **scripted),
+        ModelSpec(id="raw", **scripted),
+    ]
+
+
+async def create_worker_token(settings: Settings, name: str) -> CreatedWorkerToken:
+    database = Database.from_settings(settings)
+    try:
+        return await WorkerTokenService(database).create(name)
+    finally:
+        await database.dispose()
+
+
+def worker_token(gateway: RunningGateway, name: str) -> CreatedWorkerToken:
+    """A new worker token on ``gateway``'s database (call from synchronous code)."""
+    return asyncio.run(create_worker_token(gateway.settings, name))
+
+
+def revoke_worker(gateway: RunningGateway, worker_id: str) -> None:
+    async def revoke() -> None:
+        database = Database.from_settings(gateway.settings)
+        try:
+            await WorkerTokenService(database).revoke(worker_id)
+        finally:
+            await database.dispose()
+
+    asyncio.run(revoke())
+
+
+def openai_worker(engine: ScriptedEngine, *models: str, concurrency: int = 4) -> list[str]:
+    """The options of a worker serving ``models`` on the scripted engine."""
+    serve = [option for model in models for option in ("--serve", f"{model}=scripted-1")]
+    return [
+        "--backend", "openai", "--upstream-url", engine.base_url,
+        *serve, "--concurrency", str(concurrency),
+    ]  # fmt: skip
+
+
+@dataclass
+class WorkerProcess:
+    """A running ``infermesh worker`` and the worker token it presented."""
+
+    process: RunningProcess
+    token: CreatedWorkerToken | None = None
+    node_ids: list[str] = field(default_factory=list)
+
+    @property
+    def node_id(self) -> str:
+        if not self.node_ids:
+            line = self.process.wait_for_line("registered as node", timeout=60)
+            match = REGISTERED.search(line)
+            assert match is not None, line
+            self.node_ids.append(match.group(1))
+        return self.node_ids[0]
+
+    def wait_exit(self, *, timeout: float = 30) -> int:
+        """The exit status, once the process has ended by itself."""
+        return self.process.process.wait(timeout=timeout)
+
+
+@contextmanager
+def run_worker(
+    gateway: RunningGateway | str,
+    *options: str,
+    token: CreatedWorkerToken | str | None = None,
+    data_dir: Path,
+    registered: bool = True,
+) -> Iterator[WorkerProcess]:
+    """Run ``infermesh worker`` against ``gateway`` (its token from the environment),
+    waiting until it has registered unless ``registered`` is false."""
+    base_url = gateway if isinstance(gateway, str) else gateway.base_url
+    if token is None:
+        assert not isinstance(gateway, str)
+        token = worker_token(gateway, "test-worker")
+    raw_token = token if isinstance(token, str) else token.token
+    command = infermesh_command(
+        "worker", "--gateway", base_url, "--data-dir", str(data_dir), *options
+    )
+    process = RunningProcess(command, env={"INFERMESH_WORKER_TOKEN": raw_token})
+    worker = WorkerProcess(process, token if not isinstance(token, str) else None)
+    try:
+        if registered:
+            assert worker.node_id
+        yield worker
+    finally:
+        process.stop()
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 30, what: str = "") -> None:
+    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or predicate}")
+        time.sleep(0.02)
+
+
+def health(gateway: RunningGateway) -> dict[str, Any]:
+    with gateway.http() as http:
+        body: dict[str, Any] = http.get("/health").json()
+    return body
+
+
+def model_available(gateway: RunningGateway, model: str) -> bool:
+    """``available`` of ``model`` in ``/v1/models`` (and the same in ``/health``)."""
+    with gateway.http() as http:
+        listed = http.get("/v1/models", headers=gateway.auth()).json()["data"]
+        in_health = http.get("/health").json()["models"]
+    available = {entry["id"]: entry["available"] for entry in listed}
+    assert {entry["id"]: entry["available"] for entry in in_health} == available
+    return bool(available[model])
+
+
+def connect_url(gateway: RunningGateway) -> str:
+    return gateway.base_url.replace("http://", "ws://") + "/v1/workers/connect"
+
+
+@asynccontextmanager
+async def raw_worker(gateway: RunningGateway, token: str) -> AsyncIterator[ClientConnection]:
+    """A bare WebSocket to the worker endpoint, presenting ``token``."""
+    async with connect(
+        connect_url(gateway),
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=None,
+        ping_interval=None,
+    ) as websocket:
+        yield websocket
+
+
+class LogCapture(logging.Handler):
+    """Collects the messages logged under a logger, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+        self._lock_messages = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock_messages:
+            self.messages.append(record.getMessage())
+
+    def wait_for(self, needle: str, *, timeout: float = 10) -> str:
+        found: list[str] = []
+
+        def logged() -> bool:
+            with self._lock_messages:
+                found.extend(message for message in self.messages if needle in message)
+            return bool(found)
+
+        wait_until(logged, timeout=timeout, what=f"a log line with {needle!r}: {self.messages}")
+        return found[0]
+
+
+@contextmanager
+def capture_logs(name: str = "infermesh") -> Iterator[LogCapture]:
+    logger = logging.getLogger(name)
+    capture = LogCapture()
+    previous = logger.level
+    logger.addHandler(capture)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(previous)
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+@contextmanager
+def serve_on_port(app: Any, port: int, *, timeout: float = 60) -> Iterator[str]:
+    """Like :func:`tests.support.servers.serve_app`, on a port chosen by the test."""
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), timeout=timeout, what="start")
+    assert server.started, f"the server on port {port} did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
