@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,19 +19,7 @@ from infermesh.accounts import (
 from infermesh.accounts.keys import hash_key
 from infermesh.errors import InvalidRequest, NotFound
 from infermesh.store import ApiKey, Database
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime = field(default_factory=lambda: datetime(2030, 1, 1, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.support.clock import Clock
 
 
 @pytest.fixture

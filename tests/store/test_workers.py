@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,21 +16,9 @@ from infermesh.accounts.workers import WorkerIdentity, WorkerTokenService
 from infermesh.errors import InvalidRequest, NotFound
 from infermesh.store import Account, Database, head_revision
 from infermesh.store.database import migrations_config
+from tests.support.clock import Clock
 
 INITIAL_REVISION = "0001_initial"
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime = field(default_factory=lambda: datetime(2030, 1, 1, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
