@@ -69,11 +69,11 @@ class AccountService:
         """
         _check_key_name(name)
         async with self._db.session() as session, session.begin():
-            owner = await self._find_account(session, account)
+            owner = await find_account(session, account)
             if owner is None:
                 if not create_account:
                     raise NotFound(f"No account named '{account}'.", param="account")
-                owner = await self._add_account(session, account, tier)
+                owner = await add_account(session, account, tier=tier, created_at=self._clock())
             return await self._add_key(session, owner, name)
 
     async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
@@ -144,28 +144,10 @@ class AccountService:
                 await transaction_lock(session, "infermesh.accounts.bootstrap")
                 if await session.scalar(select(Account.id).limit(1)) is not None:
                     return None
-                owner = await self._add_account(session, account, "free")
+                owner = await add_account(session, account, tier="free", created_at=self._clock())
                 return await self._add_key(session, owner, BOOTSTRAP_KEY_NAME)
         except IntegrityError:  # another process created the same account meanwhile
             return None
-
-    async def _find_account(self, session: AsyncSession, name: str) -> Account | None:
-        found: Account | None = await session.scalar(select(Account).where(Account.name == name))
-        return found
-
-    async def _add_account(self, session: AsyncSession, name: str, tier: str) -> Account:
-        """Insert the account ``name``, or take the one a concurrent transaction inserted."""
-        _check_account(name, tier)
-        account = Account(name=name, tier=tier, created_at=self._clock())
-        try:
-            async with session.begin_nested():
-                session.add(account)
-        except IntegrityError:
-            existing = await self._find_account(session, name)
-            if existing is None:
-                raise
-            return existing
-        return account
 
     async def _add_key(self, session: AsyncSession, owner: Account, name: str | None) -> CreatedKey:
         raw_key = generate_key()
@@ -196,6 +178,29 @@ class AccountService:
         )
         async with self._db.session() as session, session.begin():
             await session.execute(statement)
+
+
+async def find_account(session: AsyncSession, name: str) -> Account | None:
+    """The account named ``name``, if there is one."""
+    found: Account | None = await session.scalar(select(Account).where(Account.name == name))
+    return found
+
+
+async def add_account(
+    session: AsyncSession, name: str, *, tier: str, created_at: datetime
+) -> Account:
+    """Insert the account ``name``, or take the one a concurrent transaction inserted."""
+    _check_account(name, tier)
+    account = Account(name=name, tier=tier, created_at=created_at)
+    try:
+        async with session.begin_nested():
+            session.add(account)
+    except IntegrityError:
+        existing = await find_account(session, name)
+        if existing is None:
+            raise
+        return existing
+    return account
 
 
 def _keys_query() -> Select[ApiKey, Account]:

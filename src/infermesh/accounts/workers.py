@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infermesh.accounts.keys import display_prefix, hash_key
+from infermesh.accounts.service import add_account, find_account
 from infermesh.accounts.worker_records import (
     CreatedWorkerToken,
     WorkerIdentity,
@@ -180,20 +180,10 @@ class WorkerTokenService:
 
     async def _operator(self, session: AsyncSession, name: str) -> Account:
         """The account ``name``, inserted (tier "free") unless it, or a concurrent one, exists."""
-        query = select(Account).where(Account.name == name)
-        found: Account | None = await session.scalar(query)
+        found = await find_account(session, name)
         if found is not None:
             return found
-        account = Account(name=name, tier="free", created_at=self._clock())
-        try:
-            async with session.begin_nested():
-                session.add(account)
-        except IntegrityError:
-            found = await session.scalar(query)
-            if found is None:
-                raise
-            return found
-        return account
+        return await add_account(session, name, tier="free", created_at=self._clock())
 
     async def _add_worker(
         self, session: AsyncSession, owner: Account, name: str
