@@ -36,3 +36,15 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+async def connections(database: Database) -> AsyncIterator[list[Database]]:
+    """``database`` and three more engines on its URL: separate connection pools, as
+    separate gateway processes would have, for tests of concurrent writers."""
+    others = [Database(database.url) for _ in range(3)]
+    try:
+        yield [database, *others]
+    finally:
+        for db in others:
+            await db.dispose()

@@ -209,30 +209,20 @@ async def test_bootstrap_does_nothing_when_an_account_exists(service: AccountSer
     assert await service.list_keys() == []
 
 
-async def test_concurrent_bootstrap(database: Database) -> None:
-    others = [Database(database.url) for _ in range(3)]
-    services = [AccountService(db) for db in [database, *others]]
-    try:
-        results = await asyncio.gather(
-            *(service.bootstrap(f"acct{i}") for i, service in enumerate(services))
-        )
-    finally:
-        for db in others:
-            await db.dispose()
+async def test_concurrent_bootstrap(connections: list[Database]) -> None:
+    services = [AccountService(db) for db in connections]
+    results = await asyncio.gather(
+        *(service.bootstrap(f"acct{i}") for i, service in enumerate(services))
+    )
     winners = [result for result in results if isinstance(result, CreatedKey)]
     assert len(winners) == 1
     assert [r.id for r in await services[0].list_keys()] == [winners[0].record.id]
 
 
-async def test_concurrent_create_key_for_a_new_account(database: Database) -> None:
-    others = [Database(database.url) for _ in range(3)]
-    services = [AccountService(db) for db in [database, *others]]
-    try:
-        results = await asyncio.gather(*(service.create_key("shared") for service in services))
-    finally:
-        for db in others:
-            await db.dispose()
+async def test_concurrent_create_key_for_a_new_account(connections: list[Database]) -> None:
+    services = [AccountService(db) for db in connections]
+    results = await asyncio.gather(*(service.create_key("shared") for service in services))
     assert len({result.record.account_id for result in results}) == 1
-    async with database.session(read_only=True) as session:
+    async with connections[0].session(read_only=True) as session:
         count = len((await session.scalars(select(ApiKey.id))).all())
     assert count == 4

@@ -229,36 +229,26 @@ async def test_add_served(service: WorkerTokenService) -> None:
     assert (other.jobs_served, other.jobs_failed) == (0, 0)
 
 
-async def test_concurrent_add_served_sums_exactly(database: Database) -> None:
-    worker_id = (await WorkerTokenService(database).create("rig-1")).record.id
-    others = [Database(database.url) for _ in range(3)]
-    services = [WorkerTokenService(db) for db in [database, *others]]
-    try:
-        await asyncio.gather(
-            *(
-                services[i % len(services)].add_served(worker_id, served=i + 1, failed=i % 2)
-                for i in range(20)
-            )
+async def test_concurrent_add_served_sums_exactly(connections: list[Database]) -> None:
+    services = [WorkerTokenService(db) for db in connections]
+    worker_id = (await services[0].create("rig-1")).record.id
+    await asyncio.gather(
+        *(
+            services[i % len(services)].add_served(worker_id, served=i + 1, failed=i % 2)
+            for i in range(20)
         )
-    finally:
-        for db in others:
-            await db.dispose()
+    )
     record = await services[0].get(worker_id)
     assert (record.jobs_served, record.jobs_failed) == (sum(range(1, 21)), 10)
 
 
-async def test_concurrent_create_for_a_new_operator(database: Database) -> None:
-    others = [Database(database.url) for _ in range(3)]
-    services = [WorkerTokenService(db) for db in [database, *others]]
-    try:
-        results = await asyncio.gather(
-            *(service.create(f"rig-{i}", operator="new-co") for i, service in enumerate(services))
-        )
-    finally:
-        for db in others:
-            await db.dispose()
+async def test_concurrent_create_for_a_new_operator(connections: list[Database]) -> None:
+    services = [WorkerTokenService(db) for db in connections]
+    results = await asyncio.gather(
+        *(service.create(f"rig-{i}", operator="new-co") for i, service in enumerate(services))
+    )
     assert {result.record.operator for result in results} == {"new-co"}
-    async with database.session(read_only=True) as session:
+    async with connections[0].session(read_only=True) as session:
         names = (await session.scalars(select(Account.name))).all()
     assert names == ["new-co"]
 
