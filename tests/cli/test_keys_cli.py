@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,34 +16,13 @@ from infermesh.cli.db import db_app
 from infermesh.cli.keys import keys_app
 from infermesh.store import Database, head_revision
 from tests.support.postgres import require_postgres, temporary_postgres_database
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment without INFERMESH_* settings (so --data-dir decides), wide output."""
-    for name in list(os.environ):
-        if name.startswith("INFERMESH_") and name != "INFERMESH_SKIP_POSTGRES":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "200")
-    return {**os.environ}
+from tests.support.processes import infermesh
 
 
 def invoke(app: typer.Typer, *args: str) -> tuple[int, str, str]:
     """Run a sub-app in-process; (exit code, stdout, stderr)."""
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
-
-
-def infermesh(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the real command line, ``python -m infermesh ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "infermesh", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 async def _authenticate(data_dir: Path, raw_key: str) -> str | None:

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+from functools import partial
 from pathlib import Path
 
-from tests.support.processes import infermesh_command
+from tests.support.processes import infermesh as run_infermesh
 
 
-def infermesh(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        infermesh_command(*args), capture_output=True, text=True, timeout=120, env=env
-    )
-
-
-def test_models_add_list_remove(tmp_path: Path) -> None:
+def test_models_add_list_remove(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    infermesh = partial(run_infermesh, env=clean_env)
     data = ["--data-dir", str(tmp_path)]
     listed = infermesh("models", "list", "--json", *data)
     assert listed.returncode == 0, listed.stderr

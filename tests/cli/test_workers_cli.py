@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,36 +16,15 @@ from infermesh.accounts.workers import WorkerTokenService
 from infermesh.cli.workers import workers_app
 from infermesh.store import Database
 from tests.support.postgres import require_postgres, temporary_postgres_database
+from tests.support.processes import infermesh
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment without INFERMESH_* settings (so --data-dir decides), wide output."""
-    for name in list(os.environ):
-        if name.startswith("INFERMESH_") and name != "INFERMESH_SKIP_POSTGRES":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "200")
-    return {**os.environ}
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
     """Run ``infermesh workers ARGS`` in-process; (exit code, stdout, stderr)."""
     result = CliRunner().invoke(workers_app, list(args))
     return result.exit_code, result.stdout, result.stderr
-
-
-def infermesh(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the real command line, ``python -m infermesh ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "infermesh", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def with_workers(data_dir: Path, action: Callable[[WorkerTokenService], Awaitable[T]]) -> T:

@@ -80,6 +80,13 @@ def infermesh_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "infermesh", *args]
 
 
+def infermesh(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the real command line, ``python -m infermesh ARGS``, to its end."""
+    return subprocess.run(
+        infermesh_command(*args), capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
 @contextmanager
 def run_infermesh(*args: str, cwd: Path | None = None) -> Iterator[RunningProcess]:
     process = RunningProcess(infermesh_command(*args))
