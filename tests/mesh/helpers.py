@@ -1,5 +1,5 @@
 """Helpers for the worker network tests: tokens, ``infermesh worker`` processes, raw
-WebSocket "workers", log capture, and polling with deadlines."""
+WebSocket "workers", and log capture."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import asyncio
 import logging
 import re
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from infermesh.accounts.workers import CreatedWorkerToken, WorkerTokenService
@@ -26,6 +24,7 @@ from infermesh.store.database import Database
 from tests.fakes.engine import ScriptedEngine
 from tests.support.gateway import RunningGateway
 from tests.support.processes import RunningProcess, infermesh_command
+from tests.support.waiting import wait_until
 
 HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_misses": 3}
 REGISTERED = re.compile(r"registered as node (\S+)")
@@ -126,15 +125,6 @@ def run_worker(
         process.stop()
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 30, what: str = "") -> None:
-    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or predicate}")
-        time.sleep(0.02)
-
-
 def health(gateway: RunningGateway) -> dict[str, Any]:
     with gateway.http() as http:
         body: dict[str, Any] = http.get("/health").json()
@@ -204,23 +194,3 @@ def capture_logs(name: str = "infermesh") -> Iterator[LogCapture]:
     finally:
         logger.removeHandler(capture)
         logger.setLevel(previous)
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
-
-
-@contextmanager
-def serve_on_port(app: Any, port: int, *, timeout: float = 60) -> Iterator[str]:
-    """Like :func:`tests.support.servers.serve_app`, on a port chosen by the test."""
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), timeout=timeout, what="start")
-    assert server.started, f"the server on port {port} did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

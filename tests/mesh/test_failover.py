@@ -7,102 +7,67 @@ then answers 503 with Retry-After.
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from infermesh.accounts.workers import WorkerTokenService
 from infermesh.catalog.spec import ModelSpec
-from infermesh.store.database import Database
-from tests.fakes.engine import ScriptedEngine, run_engine
+from tests.fakes.engine import run_engine
+from tests.mesh.helpers import (
+    HEARTBEAT,
+    WorkerProcess,
+    health,
+    openai_worker,
+    run_worker,
+    worker_token,
+)
 from tests.support.gateway import RunningGateway, start_gateway, wait_until_available
-from tests.support.processes import RunningProcess, infermesh_command
+from tests.support.waiting import wait_until
 
 MODEL = "shared"
-
-
-async def _worker_token(gateway: RunningGateway, name: str) -> tuple[str, str]:
-    database = Database.from_settings(gateway.settings)
-    try:
-        created = await WorkerTokenService(database).create(name)
-    finally:
-        await database.dispose()
-    return created.token, created.record.id
-
-
-@dataclass
-class WorkerProcess:
-    """An ``infermesh worker`` process and the id of its worker token (its node id)."""
-
-    worker_id: str
-    process: RunningProcess
-
-
-@contextmanager
-def worker_process(
-    gateway: RunningGateway, engine: ScriptedEngine, name: str, *, concurrency: int = 4
-) -> Iterator[WorkerProcess]:
-    token, worker_id = asyncio.run(_worker_token(gateway, name))
-    process = RunningProcess(
-        infermesh_command(
-            "worker", "--gateway", gateway.base_url, "--token", token, "--name", name,
-            "--backend", "openai", "--upstream-url", engine.base_url,
-            "--serve", f"{MODEL}=scripted-1", "--concurrency", str(concurrency),
-        )
-    )  # fmt: skip
-    try:
-        yield WorkerProcess(worker_id, process)
-    finally:
-        process.stop()
-
-
-def node_ids(gateway: RunningGateway) -> list[str]:
-    with gateway.http() as http:
-        return [worker["node_id"] for worker in http.get("/health").json()["workers"]]
-
-
-def wait_for_workers(gateway: RunningGateway, count: int, *, timeout: float = 60) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while len(nodes := node_ids(gateway)) < count:
-        assert time.monotonic() < deadline, f"only {nodes} registered"
-        time.sleep(0.05)
-    return nodes
 
 
 @contextmanager
 def mesh(
     tmp_path: Path, *, workers: int, chunk_delay: float, concurrency: int = 4, **settings: object
 ) -> Iterator[tuple[RunningGateway, list[WorkerProcess]]]:
+    """A gateway with ``workers`` registered worker processes serving ``MODEL`` on a
+    scripted engine that takes ``chunk_delay`` seconds per token."""
     with ExitStack() as stack:
         engine = stack.enter_context(run_engine(models=["scripted-1"], chunk_delay=chunk_delay))
         gateway = stack.enter_context(
             start_gateway(
-                tmp_path,
+                tmp_path / "gateway",
                 specs=[ModelSpec(id=MODEL, tier="fast")],
                 embedded_worker=False,
-                heartbeat_interval=0.2,
-                heartbeat_misses=3,
+                **HEARTBEAT,
                 **settings,
             )
         )
-        processes = [
+        running = [
             stack.enter_context(
-                worker_process(gateway, engine, f"w{index}", concurrency=concurrency)
+                run_worker(
+                    gateway,
+                    *openai_worker(engine, MODEL, concurrency=concurrency),
+                    token=worker_token(gateway, f"w{index}"),
+                    data_dir=tmp_path / f"w{index}",
+                )
             )
             for index in range(workers)
         ]
-        wait_for_workers(gateway, workers)
         wait_until_available(gateway.base_url, [MODEL])
-        yield gateway, processes
+        yield gateway, running
+
+
+def in_flight(gateway: RunningGateway, node_id: str) -> int:
+    count: int = gateway.app.state.services.registry.in_flight(node_id)
+    return count
 
 
 def ask(gateway: RunningGateway, index: int) -> str:
@@ -116,14 +81,11 @@ def ask(gateway: RunningGateway, index: int) -> str:
 
 def test_sigkill_under_load_loses_no_request(tmp_path: Path) -> None:
     with mesh(tmp_path, workers=2, chunk_delay=0.05) as (gateway, workers):
-        victim_node = node_ids(gateway)[0]
+        victim = workers[0]
+        victim_node = victim.node_id
         with ThreadPoolExecutor(max_workers=12) as pool:
             futures = [pool.submit(ask, gateway, index) for index in range(24)]
-            deadline = time.monotonic() + 30
-            while gateway.app.state.services.registry.in_flight(victim_node) == 0:
-                assert time.monotonic() < deadline, "the victim never got work"
-                time.sleep(0.01)
-            victim = next(w for w in workers if victim_node.startswith(w.worker_id))
+            wait_until(lambda: in_flight(gateway, victim_node) > 0, what="the victim has work")
             victim.process.process.send_signal(signal.SIGKILL)
             served = Counter(future.result(timeout=120) for future in futures)
         assert sum(served.values()) == 24
@@ -158,16 +120,13 @@ def test_saturation_waits_a_bounded_time_then_503(tmp_path: Path) -> None:
     with (
         mesh(tmp_path, workers=1, chunk_delay=0.1, concurrency=1, queue_timeout=0.5) as (
             gateway,
-            _,
+            workers,
         ),
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         long_request = pool.submit(ask, gateway, 0)  # ~1.5 s on the only slot
-        registry = gateway.app.state.services.registry
-        deadline = time.monotonic() + 30
-        while registry.in_flight(node_ids(gateway)[0]) == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        node_id = workers[0].node_id
+        wait_until(lambda: in_flight(gateway, node_id) > 0, what="the slot is taken")
         with gateway.http() as http:
             response = http.post(
                 "/v1/chat/completions",
@@ -193,10 +152,7 @@ def test_a_queued_request_gets_the_slot_when_it_frees(tmp_path: Path) -> None:
 def test_no_worker_is_503_with_retry_after(tmp_path: Path) -> None:
     with mesh(tmp_path, workers=1, chunk_delay=0.0) as (gateway, [worker]):
         worker.process.stop()
-        deadline = time.monotonic() + 30
-        while node_ids(gateway):
-            assert time.monotonic() < deadline, "the stopped worker stayed registered"
-            time.sleep(0.05)
+        wait_until(lambda: not health(gateway)["workers"], what="the worker has left")
         with httpx.Client(base_url=gateway.base_url) as http:
             response = http.post(
                 "/v1/chat/completions",

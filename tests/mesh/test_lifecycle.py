@@ -24,12 +24,11 @@ from tests.mesh.helpers import (
     model_available,
     openai_worker,
     run_worker,
-    serve_on_port,
-    wait_until,
     worker_token,
 )
 from tests.support.gateway import RunningGateway, create_key
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve_app
+from tests.support.waiting import wait_until
 
 LONG = " ".join(f"word{index}" for index in range(40))  # 41 tokens: 8 s on the slow engine
 
@@ -114,7 +113,7 @@ def test_a_worker_reconnects_after_its_gateway_restarts(
     key = asyncio.run(create_key(settings))
     port = free_port()
     with ExitStack() as stack:
-        with serve_on_port(create_app(settings, specs=mesh_specs()), port) as base_url:
+        with serve_app(create_app(settings, specs=mesh_specs()), port=port) as base_url:
             gateway = RunningGateway(base_url=base_url, key=key, settings=settings, app=None)
             token = worker_token(gateway, "comeback")
             options = openai_worker(engine, "scripted")
@@ -122,7 +121,7 @@ def test_a_worker_reconnects_after_its_gateway_restarts(
                 run_worker(gateway, *options, token=token, data_dir=worker_dir)
             )
         worker.process.wait_for_line("reconnecting in")
-        with serve_on_port(create_app(settings, specs=mesh_specs()), port):
+        with serve_app(create_app(settings, specs=mesh_specs()), port=port):
             wait_until(lambda: worker.process.output.count("registered as node") == 2)
             response = gateway.client().chat.completions.create(
                 model="scripted", messages=[{"role": "user", "content": "welcome back"}]

@@ -24,10 +24,10 @@ from tests.mesh.helpers import (
     raw_worker,
     revoke_worker,
     run_worker,
-    wait_until,
     worker_token,
 )
 from tests.support.gateway import RunningGateway
+from tests.support.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "hello mesh"}]
 

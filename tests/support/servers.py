@@ -25,12 +25,13 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve_app(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
-    """Run ``app`` on a real uvicorn server on 127.0.0.1; yield ``http://127.0.0.1:PORT``.
+def serve_app(app: Any, *, port: int | None = None, startup_timeout: float = 60.0) -> Iterator[str]:
+    """Run ``app`` on a real uvicorn server on 127.0.0.1 (on ``port``, else a free one);
+    yield ``http://127.0.0.1:PORT``.
 
     Waits (polling with a deadline) until the server has started, and stops it on exit.
     """
-    port = free_port()
+    port = port if port is not None else free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = _Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
