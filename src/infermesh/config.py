@@ -35,6 +35,20 @@ class Settings(BaseSettings):
     heartbeat_misses: int = Field(default=3, ge=1)
     queue_timeout: float = Field(default=5.0, ge=0, description="wait for a free worker slot")
     max_attempts: int = Field(default=3, ge=1, description="workers tried per request")
+    credit_usd: str = Field(default="0.01", description="what one display credit is worth")
+    operator_share: float = Field(
+        default=0.8, ge=0, le=1, description="share of each charge credited to the operator"
+    )
+    hold_ttl: float = Field(
+        default=1800.0, gt=0, description="seconds before an unsettled credit hold is released"
+    )
+    bootstrap_grant: str = Field(
+        default="1", description="USD granted to the first account that `serve` creates"
+    )
+    admin_key: str | None = Field(default=None, description="key for the /admin API")
+    tier_access: dict[str, list[str]] | None = Field(
+        default=None, description='account tier → model tiers, e.g. {"free": ["fast"]}'
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -42,6 +42,20 @@ class Unauthorized(InfermeshError):
     code = "invalid_api_key"
 
 
+class PaymentRequired(InfermeshError):
+    """The account cannot pay for the request (balance or tier): nothing was dispatched."""
+
+    status_code = 402
+    error_type = "insufficient_quota"
+    code = "payment_required"
+
+
+class Forbidden(InfermeshError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(InfermeshError):
     status_code = 404
     error_type = "invalid_request_error"

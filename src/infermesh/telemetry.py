@@ -31,6 +31,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    cost_micro_usd: int | None = None
     time_to_first_token_ms: float | None = None
     latency_ms: float = 0.0
     error_code: str | None = None

@@ -67,7 +67,7 @@ def test_revoked_and_rotated_keys_stop_working(engine_gateway: RunningGateway) -
         database = Database.from_settings(settings)
         try:
             accounts = AccountService(database)
-            revoked = await accounts.create_key("revocation", name="to-revoke")
+            revoked = await accounts.create_key("revocation", name="to-revoke", tier="pro")
             await accounts.revoke_key(revoked.record.id)
             old = await accounts.create_key("revocation", name="to-rotate")
             new = await accounts.rotate_key(old.record.id)

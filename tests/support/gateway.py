@@ -14,6 +14,8 @@ import httpx
 from openai import OpenAI
 
 from infermesh.accounts.service import AccountService
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.money import MICRO_PER_USD
 from infermesh.catalog.spec import ModelSpec
 from infermesh.config import Settings
 from infermesh.gateway.app import create_app
@@ -47,11 +49,25 @@ class RunningGateway:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-async def create_key(settings: Settings, account: str = "tester") -> str:
+TEST_GRANT = 100 * MICRO_PER_USD
+
+
+async def create_key(
+    settings: Settings, account: str = "tester", *, tier: str = "pro", grant: int = TEST_GRANT
+) -> str:
+    """A key of ``account`` (created with ``tier`` if new), granted ``grant`` micro-USD."""
     database = Database.from_settings(settings)
     try:
         await database.migrate()
-        created = await AccountService(database).create_key(account)
+        created = await AccountService(database).create_key(account, tier=tier)
+        if grant:
+            await CreditLedger(database).credit(
+                created.record.account_id,
+                grant,
+                kind="grant",
+                reference=f"test-{created.record.id}",
+                reason="test credit",
+            )
     finally:
         await database.dispose()
     return created.key

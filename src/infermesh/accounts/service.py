@@ -76,6 +76,24 @@ class AccountService:
                 owner = await add_account(session, account, tier=tier, created_at=self._clock())
             return await self._add_key(session, owner, name)
 
+    async def get_account(self, name: str) -> AccountRecord:
+        """The account ``name``; :class:`NotFound` if there is none."""
+        async with self._db.session(read_only=True) as session:
+            account = await find_account(session, name)
+        if account is None:
+            raise NotFound(f"No account named '{name}'.", param="account")
+        return _account_record(account)
+
+    async def set_tier(self, name: str, tier: str) -> AccountRecord:
+        """Move the account ``name`` to ``tier`` (which model tiers it may use)."""
+        _check_account(name, tier)
+        async with self._db.session() as session, session.begin():
+            account = await find_account(session, name)
+            if account is None:
+                raise NotFound(f"No account named '{name}'.", param="account")
+            account.tier = tier
+        return _account_record(account)
+
     async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
         """Every key (revoked ones too), oldest first; only ``account``'s if given."""
         query = _keys_query().order_by(ApiKey.created_at, ApiKey.id)

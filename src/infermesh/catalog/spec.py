@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from infermesh.billing.pricing import Pricing
 from infermesh.protocol.models import Capabilities
 
 BackendKind = Literal["transformers", "openai"]
@@ -45,4 +46,5 @@ class ModelSpec(BaseModel):
     capabilities: Capabilities = Field(default_factory=Capabilities)
     owned_by: str = "infermesh"
     created: int = 0
+    pricing: Pricing | None = Field(default=None, description="None: the model is free")
     serve: ServeSpec | None = None

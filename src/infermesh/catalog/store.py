@@ -10,6 +10,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
+from infermesh.billing.pricing import Pricing
 from infermesh.catalog.spec import TINY_MODEL_ID, ModelSpec, ServeSpec
 from infermesh.errors import ConfigError
 from infermesh.protocol.models import Capabilities
@@ -28,6 +29,9 @@ def default_models() -> list[ModelSpec]:
             "Its text is meaningless; every layer is real.",
             context_length=2048,
             capabilities=Capabilities(tools=True, vision=False),
+            pricing=Pricing.model_validate(
+                {"input_per_million": "0.50", "output_per_million": "1.50"}
+            ),
             serve=ServeSpec(backend="transformers", engine_model=BUILTIN_TINY),
         )
     ]

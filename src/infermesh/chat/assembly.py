@@ -11,6 +11,7 @@ from infermesh.protocol.chat import (
     Choice,
     ChoiceDelta,
     ChunkChoice,
+    CompletionUsage,
     FinishReason,
     FunctionCall,
     ToolCall,
@@ -80,7 +81,7 @@ class ResponseIdentity:
     model: str
     node_id: str
 
-    def completion(self, builder: CompletionBuilder, usage: Usage) -> ChatCompletion:
+    def completion(self, builder: CompletionBuilder, usage: CompletionUsage) -> ChatCompletion:
         return ChatCompletion(
             id=self.completion_id,
             created=self.created,
@@ -101,7 +102,7 @@ class ResponseIdentity:
         delta: ChoiceDelta | None,
         *,
         finish_reason: FinishReason | None = None,
-        usage: Usage | None = None,
+        usage: CompletionUsage | None = None,
     ) -> ChatCompletionChunk:
         choices = (
             []

@@ -6,15 +6,20 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from infermesh.accounts.records import Principal
+from infermesh.billing.service import BillingService, billed_usage
 from infermesh.catalog.catalog import Catalog
-from infermesh.chat.assembly import SSE_DONE, CompletionBuilder, ResponseIdentity, sse_event
+from infermesh.catalog.spec import ModelSpec
+from infermesh.chat.assembly import SSE_DONE, ResponseIdentity, sse_event
+from infermesh.chat.generation import Generation, Meter, close_iterator
 from infermesh.chat.validation import check_request
 from infermesh.errors import BackendError, InfermeshError, NoWorkerAvailable, WorkerLost
 from infermesh.mesh.registry import Lease, WorkerRegistry
-from infermesh.protocol.chat import ChatCompletion, ChatCompletionRequest, ChoiceDelta, Usage
+from infermesh.protocol.chat import ChatCompletion, ChatCompletionRequest, ChoiceDelta
 from infermesh.protocol.errors import ErrorBody, ErrorEnvelope
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.telemetry import RequestRecord
@@ -22,127 +27,85 @@ from infermesh.telemetry import RequestRecord
 logger = logging.getLogger(__name__)
 
 
-class Generation:
-    """A job running on a worker: its first chunk has arrived, the rest are streaming."""
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A request checked, authorized and ready to dispatch."""
 
-    def __init__(
-        self,
-        identity: ResponseIdentity,
-        first: GenerationChunk,
-        rest: AsyncIterator[GenerationChunk],
-        lease: Lease,
-        record: RequestRecord,
-    ) -> None:
-        self.identity = identity
-        self._first: GenerationChunk | None = first
-        self._rest = rest
-        self._lease = lease
-        self._record = record
-        self.builder = CompletionBuilder()
+    spec: ModelSpec
+    job: GenerationJob
+    meter: Meter
 
-    async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
-        try:
-            if self._first is not None:
-                first, self._first = self._first, None
-                yield self._observe(first)
-            async for chunk in self._rest:
-                yield self._observe(chunk)
-        except BackendError:
-            self._lease.failed()
-            raise
 
-    async def aclose(self) -> None:
-        """Stop the job if it still runs, and give its worker slot back (idempotent)."""
-        try:
-            await _close_iterator(self._rest)
-        finally:
-            self._lease.release()
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A whole completion, charged; ``available`` is the balance left (None if free)."""
 
-    def usage(self) -> Usage:
-        if self.builder.usage is not None:
-            return self.builder.usage
-        logger.warning(
-            "worker %s sent no usage for %s", self.identity.node_id, self._record.request_id
-        )
-        return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-
-    def _observe(self, chunk: GenerationChunk) -> GenerationChunk:
-        self.builder.add(chunk)
-        if chunk.usage is not None:
-            self._record.prompt_tokens = chunk.usage.prompt_tokens
-            self._record.completion_tokens = chunk.usage.completion_tokens
-        if chunk.finish_reason is not None:
-            self._record.finish_reason = chunk.finish_reason
-            self._lease.succeeded(chunk.usage.completion_tokens if chunk.usage else 0)
-        return chunk
+    completion: ChatCompletion
+    available: int | None
 
 
 class ChatService:
-    """Runs chat completions on the mesh, failing over between workers."""
+    """Runs chat completions on the mesh, failing over between workers, and bills them."""
 
     def __init__(
         self,
         catalog: Catalog,
         registry: WorkerRegistry,
+        billing: BillingService,
         *,
         max_image_bytes: int,
         max_attempts: int = 3,
     ) -> None:
         self._catalog = catalog
         self._registry = registry
+        self._billing = billing
         self._max_image_bytes = max_image_bytes
         self._max_attempts = max_attempts
 
     async def start(
-        self,
-        request: ChatCompletionRequest,
-        record: RequestRecord,
-        *,
-        tried: set[str] | None = None,
+        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
     ) -> Generation:
-        """Check the request, then dispatch it until a worker sends its first chunk.
-
-        A worker that fails before its first chunk is left out and the next one is
-        tried, up to ``max_attempts`` workers in all (``tried`` counts across calls).
-        Everything that goes wrong before the first token raises here, so the caller
-        can still answer with a proper HTTP status.
-        """
-        spec = self._catalog.get(request.model)
-        record.model = spec.id
-        record.stream = bool(request.stream)
-        check_request(request, spec, max_image_bytes=self._max_image_bytes)
-        tried = set() if tried is None else tried
-        job = GenerationJob(id=record.request_id, model=spec.id, request=request)
-        started = time.perf_counter()
-        last_error: BackendError | None = None
-        while len(tried) < self._max_attempts:
-            lease = await self._acquire(spec.id, tried, last_error)
-            tried.add(lease.worker.node_id)
-            try:
-                return await self._dispatch(job, lease, record, started)
-            except BackendError as exc:
-                logger.warning(
-                    "%s failed on %s: %s", record.request_id, lease.worker.node_id, exc.code
-                )
-                last_error = exc
-        assert last_error is not None
-        raise last_error
+        """Check and authorize the request, then dispatch it until a worker sends its
+        first chunk. Everything that goes wrong before the first token raises here (with
+        nothing charged), so the caller can still answer with a proper HTTP status.
+        Closing the generation settles its bill."""
+        prepared = await self._prepare(request, record, principal)
+        try:
+            generation = await self._dispatch_with_failover(prepared, record, set())
+        except BaseException as exc:
+            await self._settle_failure(prepared.meter, exc)
+            raise
+        generation.meter = prepared.meter
+        return generation
 
     async def complete(
-        self, request: ChatCompletionRequest, record: RequestRecord
-    ) -> ChatCompletion:
-        """A whole (non-streamed) completion; a worker lost midway is replaced by another."""
+        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
+    ) -> Completed:
+        """A whole (non-streamed) completion, charged; a worker lost midway is replaced."""
+        prepared = await self._prepare(request, record, principal)
+        meter = prepared.meter
         tried: set[str] = set()
-        while True:
-            generation = await self.start(request, record, tried=tried)
-            try:
-                return await self.collect(generation)
-            except WorkerLost as exc:
-                if len(tried) >= self._max_attempts:
-                    raise
-                logger.warning(
-                    "%s lost its worker midway (%s); retrying", record.request_id, exc.code
-                )
+        try:
+            while True:
+                generation = await self._dispatch_with_failover(prepared, record, tried)
+                try:
+                    completion = await self.collect(generation)
+                    break
+                except WorkerLost as exc:
+                    if len(tried) >= self._max_attempts:
+                        raise
+                    logger.warning(
+                        "%s lost its worker midway (%s); retrying", record.request_id, exc.code
+                    )
+        except BaseException as exc:
+            await self._settle_failure(meter, exc)
+            raise
+        generation.meter = meter
+        charged = await meter.settle(generation.outcome())
+        completion.usage = billed_usage(completion.usage, charged)
+        settled = meter.settled
+        available = settled.balance.available if settled and meter.charge.held else None
+        return Completed(completion, available)
 
     async def collect(self, generation: Generation) -> ChatCompletion:
         """Run a generation to its end and return the whole completion."""
@@ -151,7 +114,8 @@ class ChatService:
                 pass
         finally:
             await generation.aclose()
-        return generation.identity.completion(generation.builder, generation.usage())
+        usage = generation.usage()
+        return generation.identity.completion(generation.builder, billed_usage(usage, 0))
 
     async def stream(self, generation: Generation, *, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events of ``chat.completion.chunk`` objects, ending ``[DONE]``."""
@@ -165,7 +129,9 @@ class ChatService:
             finish = generation.builder.finish_reason or "stop"
             yield sse_event(_json(identity.chunk(ChoiceDelta(), finish_reason=finish)))
             if include_usage:
-                yield sse_event(_json(identity.chunk(None, usage=generation.usage())))
+                usage = generation.usage()
+                cost = generation.meter.charge.cost(usage) if generation.meter else 0
+                yield sse_event(_json(identity.chunk(None, usage=billed_usage(usage, cost))))
         except InfermeshError as exc:
             yield _error_event(exc.message, exc.error_type, exc.code)
         except Exception:
@@ -174,6 +140,48 @@ class ChatService:
         finally:
             await generation.aclose()
         yield SSE_DONE
+
+    async def _prepare(
+        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
+    ) -> _Prepared:
+        spec = self._catalog.get(request.model)
+        record.model = spec.id
+        record.stream = bool(request.stream)
+        check_request(request, spec, max_image_bytes=self._max_image_bytes)
+        completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+        charge = await self._billing.authorize(
+            principal, spec, request, charge_id=completion_id, request_id=record.request_id
+        )
+        meter = Meter(self._billing, charge, record, time.perf_counter())
+        job = GenerationJob(id=completion_id, model=spec.id, request=request)
+        return _Prepared(spec, job, meter)
+
+    async def _dispatch_with_failover(
+        self, prepared: _Prepared, record: RequestRecord, tried: set[str]
+    ) -> Generation:
+        """Dispatch until a worker sends a first chunk; a worker that fails before it is
+        left out and the next is tried, up to ``max_attempts`` in all (``tried`` counts
+        across calls)."""
+        last_error: BackendError | None = None
+        while len(tried) < self._max_attempts:
+            lease = await self._acquire(prepared.spec.id, tried, last_error)
+            tried.add(lease.worker.node_id)
+            try:
+                return await self._dispatch(prepared, lease, record)
+            except BackendError as exc:
+                logger.warning(
+                    "%s failed on %s: %s", record.request_id, lease.worker.node_id, exc.code
+                )
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def _settle_failure(self, meter: Meter, exc: BaseException) -> None:
+        """Nothing is charged for a request that failed; its hold is released."""
+        if isinstance(exc, InfermeshError):
+            await meter.settle(meter.outcome("failed", None, error_code=exc.code))
+        else:
+            await meter.settle(meter.outcome("cancelled", None, error_code=type(exc).__name__))
 
     async def _acquire(self, model: str, tried: set[str], last_error: BackendError | None) -> Lease:
         try:
@@ -184,24 +192,24 @@ class ChatService:
             raise last_error from None  # the engine's own failure says more than "no worker"
 
     async def _dispatch(
-        self, job: GenerationJob, lease: Lease, record: RequestRecord, started: float
+        self, prepared: _Prepared, lease: Lease, record: RequestRecord
     ) -> Generation:
-        chunks = lease.worker.generate(job)
+        chunks = lease.worker.generate(prepared.job)
         try:
             first = await _first_chunk(chunks)
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 lease.failed()
-            await _close_iterator(chunks)
+            await close_iterator(chunks)
             lease.release()
             raise
         lease.first_token()
         record.node_id = lease.worker.node_id
-        record.time_to_first_token_ms = (time.perf_counter() - started) * 1000
+        record.time_to_first_token_ms = (time.perf_counter() - prepared.meter.started) * 1000
         identity = ResponseIdentity(
-            completion_id=f"chatcmpl-{secrets.token_hex(12)}",
+            completion_id=prepared.job.id,
             created=int(time.time()),
-            model=job.model,
+            model=prepared.job.model,
             node_id=lease.worker.node_id,
         )
         return Generation(identity, first, chunks, lease, record)
@@ -212,12 +220,6 @@ async def _first_chunk(chunks: AsyncIterator[GenerationChunk]) -> GenerationChun
         return await anext(chunks)
     except StopAsyncIteration:
         raise WorkerLost("The worker ended the job without any output.") from None
-
-
-async def _close_iterator(chunks: AsyncIterator[GenerationChunk]) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _json(chunk: BaseModel) -> str:

@@ -13,9 +13,12 @@ from rich.console import Console
 from rich.panel import Panel
 
 from infermesh.accounts.service import AccountService
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.money import parse_usd
 from infermesh.catalog.store import CatalogFile
 from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, make_settings
 from infermesh.config import Settings
+from infermesh.errors import ConfigError
 from infermesh.gateway.app import create_app
 from infermesh.store.database import Database
 from infermesh.telemetry import configure_logging
@@ -24,11 +27,24 @@ console = Console(stderr=True)
 
 
 async def _prepare(settings: Settings) -> str | None:
-    """Migrate the database and, on an empty one, create the first account and key."""
+    """Migrate the database and, on an empty one, create the first account and key and
+    grant it ``bootstrap_grant`` USD of credit."""
+    try:
+        grant = parse_usd(settings.bootstrap_grant)
+    except ValueError as exc:
+        raise ConfigError(f"INFERMESH_BOOTSTRAP_GRANT: {exc}") from None
     database = Database.from_settings(settings)
     try:
         await database.migrate()
         created = await AccountService(database).bootstrap()
+        if created is not None and grant:
+            await CreditLedger(database).credit(
+                created.record.account_id,
+                grant,
+                kind="grant",
+                reference="bootstrap",
+                reason="welcome grant of the first account",
+            )
     finally:
         await database.dispose()
     return created.key if created else None
@@ -70,7 +86,8 @@ def _print_welcome(settings: Settings, first_key: str | None, models: list[str])
     if first_key:
         console.print(
             Panel.fit(
-                f"[bold]{first_key}[/bold]\n\nThis is the first API key of account 'default'. "
+                f"[bold]{first_key}[/bold]\n\nThis is the first API key of account 'default'"
+                f" (granted ${settings.bootstrap_grant} of credit). "
                 "It is shown once and never again: save it now.",
                 title="API key",
                 border_style="green",

@@ -8,20 +8,28 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from infermesh import __version__
 from infermesh.accounts.service import AccountService
 from infermesh.accounts.workers import WorkerTokenService
+from infermesh.billing.admin import CreditAdmin
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.money import CreditUnit, parse_usd
+from infermesh.billing.service import BillingService
+from infermesh.billing.tiers import TierPolicy
+from infermesh.billing.usage import UsageLog
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import CatalogFile
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
+from infermesh.errors import ConfigError
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
-from infermesh.gateway.routes import chat, health, models, workers
+from infermesh.gateway.routes import admin, chat, credits, health, models, workers
 from infermesh.gateway.state import Services
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
@@ -51,27 +59,36 @@ def create_app(
         await database.migrate()
         registry = WorkerRegistry(queue_timeout=settings.queue_timeout)
         catalog = Catalog(catalog_specs)
+        accounts = AccountService(database)
+        billing = build_billing(settings, database)
         app.state.services = Services(
             settings=settings,
             database=database,
-            accounts=AccountService(database),
+            accounts=accounts,
             catalog=catalog,
             registry=registry,
             chat=ChatService(
                 catalog,
                 registry,
+                billing,
                 max_image_bytes=settings.max_image_bytes,
                 max_attempts=settings.max_attempts,
             ),
             metrics=metrics,
             workers=WorkerTokenService(database),
+            billing=billing,
+            credits=CreditAdmin(accounts, billing.ledger),
         )
         await app.state.services.workers.mark_all_offline()
+        expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
+            expiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiring
             if starting is not None:
                 starting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -91,6 +108,8 @@ def create_app(
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(workers.router)
+    app.include_router(credits.router)
+    app.include_router(admin.router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
@@ -98,6 +117,33 @@ def create_app(
         log_json=settings.log_json,
     )
     return app
+
+
+def build_billing(settings: Settings, database: Database) -> BillingService:
+    """The billing service as ``settings`` configure it."""
+    try:
+        unit = CreditUnit(parse_usd(settings.credit_usd))
+    except ValueError as exc:
+        raise ConfigError(f"INFERMESH_CREDIT_USD: {exc}") from None
+    return BillingService(
+        CreditLedger(database),
+        UsageLog(database),
+        tiers=TierPolicy(settings.tier_access),
+        operator_share=settings.operator_share,
+        hold_ttl=timedelta(seconds=settings.hold_ttl),
+        unit=unit,
+    )
+
+
+async def _expire_holds(billing: BillingService, hold_ttl: float) -> None:
+    """Release, now and then, the holds of requests whose gateway died mid-request."""
+    interval = min(max(hold_ttl / 4, 0.5), 60.0)
+    while True:
+        try:
+            await billing.expire_holds()
+        except Exception:
+            logger.exception("releasing expired credit holds failed; will try again")
+        await asyncio.sleep(interval)
 
 
 def _embedded_host(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from infermesh.accounts.records import Principal
-from infermesh.errors import Unauthorized
+from infermesh.errors import Forbidden, Unauthorized
 from infermesh.gateway.middleware import request_record
 from infermesh.gateway.state import Services
 from infermesh.telemetry import RequestRecord
@@ -52,6 +53,22 @@ async def authenticate(
     return principal
 
 
+async def require_admin(
+    request: Request, services: Annotated[Services, Depends(get_services)]
+) -> None:
+    """The caller must present the admin key (``INFERMESH_ADMIN_KEY``)."""
+    admin_key = services.settings.admin_key
+    if not admin_key:
+        raise Forbidden(
+            "The admin API is disabled: set INFERMESH_ADMIN_KEY on the gateway to enable it.",
+            code="admin_disabled",
+        )
+    presented = presented_key(request)
+    if presented is None or not hmac.compare_digest(presented.encode(), admin_key.encode()):
+        raise Unauthorized("The admin API needs the admin key.", code="invalid_admin_key")
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+AdminDep = Depends(require_admin)
 RecordDep = Annotated[RequestRecord, Depends(get_record)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from infermesh.accounts.service import AccountService
 from infermesh.accounts.workers import WorkerTokenService
+from infermesh.billing.admin import CreditAdmin
+from infermesh.billing.service import BillingService
 from infermesh.catalog.catalog import Catalog
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
@@ -26,3 +28,5 @@ class Services:
     chat: ChatService
     metrics: Metrics
     workers: WorkerTokenService
+    billing: BillingService
+    credits: CreditAdmin

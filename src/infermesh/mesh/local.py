@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from infermesh.mesh.worker import Operator
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.worker.host import ModelHost
 
@@ -19,6 +20,10 @@ class InProcessWorker:
     @property
     def node_id(self) -> str:
         return self._node_id
+
+    @property
+    def operator(self) -> Operator | None:
+        return None  # the gateway's own worker: the whole charge stays with the house
 
     def serves(self, model: str) -> bool:
         return self._host.is_ready(model)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from infermesh.errors import BackendError, InfermeshError, InvalidRequest, WorkerLost
+from infermesh.mesh.worker import Operator
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.protocol.wire import (
@@ -76,12 +77,14 @@ class RemoteWorker:
         *,
         worker_id: str | None = None,
         name: str | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self._node_id = node_id
         self._models = dict(models)
         self._link = link
         self.worker_id = worker_id
         self.name = name
+        self._operator = operator
         self.served = 0
         self.failed = 0
         self.last_seen = time.monotonic()
@@ -93,6 +96,10 @@ class RemoteWorker:
     @property
     def node_id(self) -> str:
         return self._node_id
+
+    @property
+    def operator(self) -> Operator | None:
+        return self._operator
 
     @property
     def models(self) -> list[str]:
@@ -196,7 +203,11 @@ class RemoteWorker:
         if run is None:
             return
         # The end of a job comes only in a done frame, where its usage is checked.
-        chunk = frame.chunk.model_copy(update={"finish_reason": None, "usage": None})
+        update: dict[str, object] = {"finish_reason": None, "usage": None}
+        progress = frame.chunk.progress
+        if progress is not None and not _adds_up(progress):
+            update["progress"] = None
+        chunk = frame.chunk.model_copy(update=update)
         run.chunks.put_nowait(chunk)
 
     def _on_done(self, frame: Done) -> None:
@@ -223,8 +234,12 @@ class RemoteWorker:
         self.failed += 1
 
 
+def _adds_up(usage: Usage) -> bool:
+    return usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
 def _check_usage(usage: Usage) -> None:
-    if usage.total_tokens != usage.prompt_tokens + usage.completion_tokens:
+    if not _adds_up(usage):
         raise ProtocolViolation(
             f"usage does not add up: {usage.prompt_tokens} prompt + "
             f"{usage.completion_tokens} completion != {usage.total_tokens} total tokens"

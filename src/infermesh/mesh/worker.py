@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """The registered worker behind a connection and the account its earnings go to."""
+
+    worker_id: str
+    account_id: int
 
 
 class Worker(Protocol):
@@ -20,6 +29,11 @@ class Worker(Protocol):
     @property
     def node_id(self) -> str:
         """Stable id of this worker, reported to clients as ``metadata.node_id``."""
+        ...
+
+    @property
+    def operator(self) -> Operator | None:
+        """Whose worker this is, to credit with earnings; None for the gateway's own."""
         ...
 
     def serves(self, model: str) -> bool:

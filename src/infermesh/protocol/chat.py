@@ -121,6 +121,17 @@ class Usage(WireModel):
     total_tokens: int = Field(ge=0)
 
 
+class CompletionUsage(Usage):
+    """Usage as a client sees it: the tokens and what they cost.
+
+    ``cost`` is in USD, as OpenRouter reports it (a display value); ``cost_micro_usd``
+    is the exact integer charged.
+    """
+
+    cost: float | None = None
+    cost_micro_usd: int | None = None
+
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
@@ -148,7 +159,7 @@ class ChatCompletion(WireModel):
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage
+    usage: CompletionUsage
     system_fingerprint: str | None = None
     metadata: ResponseMetadata
 
@@ -187,6 +198,6 @@ class ChatCompletionChunk(WireModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
+    usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
     metadata: ResponseMetadata | None = None

@@ -2,7 +2,9 @@
 
 A job carries the validated chat request; the worker answers with a stream of
 :class:`GenerationChunk`. The last chunk of a successful job has ``finish_reason``
-and ``usage`` set. The remote worker protocol carries these same types.
+and ``usage`` set. A chunk may also carry ``progress``: the tokens counted so far, so
+that a generation cut short (the client went away) is charged for what it used. The
+remote worker protocol carries these same types.
 """
 
 from __future__ import annotations
@@ -31,3 +33,4 @@ class GenerationChunk(BaseModel):
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    progress: Usage | None = None

@@ -12,6 +12,18 @@ class Capabilities(WireModel):
     vision: bool = False
 
 
+class ModelPricing(WireModel):
+    """Prices in USD as decimal strings (``"0.15"``), as OpenRouter shows them.
+
+    ``prompt``/``completion`` are per million tokens; ``request`` is per request.
+    """
+
+    request: str
+    prompt: str
+    completion: str
+    minimum: str
+
+
 class ModelObject(WireModel):
     id: str
     object: Literal["model"] = "model"
@@ -22,6 +34,7 @@ class ModelObject(WireModel):
     description: str | None
     context_length: int
     capabilities: Capabilities
+    pricing: ModelPricing | None = None
     available: bool
 
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from infermesh.store.database import Database, head_revision, normalize_url, transaction_lock
-from infermesh.store.tables import Account, ApiKey, Base, utcnow
+from infermesh.store.tables import (
+    Account,
+    ApiKey,
+    Balance,
+    Base,
+    Hold,
+    LedgerEntry,
+    UsageEntry,
+    utcnow,
+)
 
 __all__ = [
     "Account",
     "ApiKey",
+    "Balance",
     "Base",
     "Database",
+    "Hold",
+    "LedgerEntry",
+    "UsageEntry",
     "head_revision",
     "normalize_url",
     "transaction_lock",

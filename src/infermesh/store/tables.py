@@ -11,13 +11,16 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
     Integer,
     MetaData,
     String,
+    UniqueConstraint,
     false,
     func,
 )
@@ -125,3 +128,99 @@ class RegisteredWorker(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     jobs_served: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     jobs_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+Money = BigInteger
+"""Amounts are integers of micro-USD."""
+_LedgerId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class Balance(Base):
+    """An account's balance and the part of it held by requests in flight (micro-USD).
+
+    A cache of the ledger, updated in the same transaction as every entry; the row is
+    also what concurrent holds lock.
+    """
+
+    __tablename__ = "balances"
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
+    )
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    balance: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    held: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=func.current_timestamp()
+    )
+
+
+class LedgerEntry(Base):
+    """One append-only entry: how it changed an account's balance and held amount.
+
+    ``reference`` names the cause (a request, a grant, a deposit); an account has at
+    most one entry of a kind per reference, so a retried settlement cannot charge twice.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("account_id", "kind", "reference"),)
+
+    id: Mapped[int] = mapped_column(_LedgerId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    balance_change: Mapped[int] = mapped_column(Money)
+    held_change: Mapped[int] = mapped_column(Money)
+    balance_after: Mapped[int] = mapped_column(Money)
+    held_after: Mapped[int] = mapped_column(Money)
+    reference: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=func.current_timestamp()
+    )
+
+
+class Hold(Base):
+    """Credit held for one request until it is settled, released or expired."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    amount: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UsageEntry(Base):
+    """What one request used and cost: counts, ids and timings, never content."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    request_id: Mapped[str] = mapped_column(String(200))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    node_id: Mapped[str | None] = mapped_column(String(200))
+    worker_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    operator_account_id: Mapped[int | None] = mapped_column(Integer)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[int] = mapped_column(Money, default=0)
+    operator_earning: Mapped[int] = mapped_column(Money, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

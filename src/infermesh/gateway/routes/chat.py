@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from infermesh.chat.service import Generation
+from infermesh.chat.generation import Generation
 from infermesh.gateway.deps import PrincipalDep, RecordDep, ServicesDep
 from infermesh.gateway.errors import invalid_request_from
 from infermesh.protocol.chat import ChatCompletionRequest
@@ -53,10 +53,16 @@ async def create_chat_completion(
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     chat_request = parse_chat_request(await request.body())
     if not chat_request.stream:
-        completion = await services.chat.complete(chat_request, record)
-        headers = {"x-infermesh-node-id": completion.metadata.node_id}
+        completed = await services.chat.complete(chat_request, record, principal)
+        completion = completed.completion
+        headers = {
+            "x-infermesh-node-id": completion.metadata.node_id,
+            "x-infermesh-cost-micro-usd": str(completion.usage.cost_micro_usd or 0),
+        }
+        if completed.available is not None:
+            headers["x-infermesh-balance-micro-usd"] = str(completed.available)
         return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-    generation = await services.chat.start(chat_request, record)
+    generation = await services.chat.start(chat_request, record, principal)
     options = chat_request.stream_options
     include_usage = bool(options and options.include_usage)
     events = services.chat.stream(generation, include_usage=include_usage)
@@ -65,4 +71,8 @@ async def create_chat_completion(
         "cache-control": "no-cache",
         "x-accel-buffering": "no",
     }
+    if generation.meter is not None and generation.meter.charge.available is not None:
+        charge = generation.meter.charge
+        headers["x-infermesh-hold-micro-usd"] = str(charge.held)
+        headers["x-infermesh-available-micro-usd"] = str(charge.available)
     return GenerationStream(events, generation, headers)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from infermesh.billing.money import format_usd
+from infermesh.billing.pricing import Pricing
 from infermesh.catalog.spec import ModelSpec
 from infermesh.gateway.deps import ServicesDep
 from infermesh.mesh.registry import WorkerRegistry
-from infermesh.protocol.models import ModelList, ModelObject
+from infermesh.protocol.models import ModelList, ModelObject, ModelPricing
 
 router = APIRouter()
 
@@ -22,7 +24,19 @@ def model_object(spec: ModelSpec, registry: WorkerRegistry) -> ModelObject:
         description=spec.description,
         context_length=spec.context_length,
         capabilities=spec.capabilities,
+        pricing=_pricing(spec.pricing),
         available=registry.is_available(spec.id),
+    )
+
+
+def _pricing(pricing: Pricing | None) -> ModelPricing | None:
+    if pricing is None:
+        return None
+    return ModelPricing(
+        request=format_usd(pricing.per_request),
+        prompt=format_usd(pricing.input_per_million),
+        completion=format_usd(pricing.output_per_million),
+        minimum=format_usd(pricing.minimum),
     )
 
 

@@ -31,6 +31,7 @@ from infermesh.gateway.worker_link import (
 from infermesh.gateway.worker_session import WorkerSession
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.mesh.remote import RemoteWorker
+from infermesh.mesh.worker import Operator
 from infermesh.protocol.wire import PROTOCOL_VERSION, Hello, Refused, RefusedModel, Welcome
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ async def connect_worker(websocket: WebSocket) -> None:
         link,
         worker_id=identity.worker_id,
         name=hello.name or identity.name,
+        operator=Operator(identity.worker_id, identity.operator_account_id),
     )
     logger.info(
         "worker %s (version %s) connected as node %s serving %s",

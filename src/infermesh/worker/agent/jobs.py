@@ -125,7 +125,9 @@ class JobRunner:
         try:
             async for chunk in chunks:
                 if chunk.content or chunk.tool_calls:
-                    piece = GenerationChunk(content=chunk.content, tool_calls=chunk.tool_calls)
+                    piece = GenerationChunk(
+                        content=chunk.content, tool_calls=chunk.tool_calls, progress=chunk.progress
+                    )
                     await self._send(Chunk(job_id=job.id, chunk=piece))
                 if chunk.finish_reason is not None:
                     usage = chunk.usage or _NO_USAGE

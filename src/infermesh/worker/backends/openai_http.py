@@ -138,6 +138,7 @@ class _StreamTranslator:
     def __init__(self, request: ChatCompletionRequest) -> None:
         self._request = request
         self._generated_chars = 0
+        self._content_chunks = 0
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.done = False
@@ -181,7 +182,19 @@ class _StreamTranslator:
         if not isinstance(content, str | None):
             raise BackendError("the upstream engine sent a malformed stream (content)")
         self._generated_chars += len(content or "") + _tool_call_chars(tool_calls)
-        return GenerationChunk(content=content, tool_calls=tool_calls)
+        self._content_chunks += 1
+        return GenerationChunk(content=content, tool_calls=tool_calls, progress=self._progress())
+
+    def _progress(self) -> Usage:
+        """Tokens so far: the engine's own running usage if it sends one, else an estimate
+        (an engine streams about one token a chunk, and about four characters a token)."""
+        if self.usage is not None:
+            return self.usage
+        prompt = _estimate_tokens(_prompt_chars(self._request))
+        completion = max(self._content_chunks, _estimate_tokens(self._generated_chars))
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
 
     def _estimate_usage(self) -> Usage:
         """A rough count (about four characters a token), for engines that report none."""

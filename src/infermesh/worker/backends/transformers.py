@@ -118,7 +118,10 @@ class TransformersBackend:
             )
         )
         try:
-            async for chunk in stream_chunks(events, parse_tools=uses_tools(request)):
+            chunks = stream_chunks(
+                events, parse_tools=uses_tools(request), prompt_tokens=len(prompt_ids)
+            )
+            async for chunk in chunks:
                 yield chunk
         finally:
             served.engine.cancel(request_id)
@@ -155,9 +158,13 @@ class TransformersBackend:
 
 
 async def stream_chunks(
-    events: asyncio.Queue[EngineEvent], *, parse_tools: bool
+    events: asyncio.Queue[EngineEvent], *, parse_tools: bool, prompt_tokens: int = 0
 ) -> AsyncIterator[GenerationChunk]:
-    """Turn engine events into chunks: content as it comes, then tool calls, finish and usage."""
+    """Turn engine events into chunks: content as it comes, then tool calls, finish and usage.
+
+    Every content chunk carries the tokens counted so far (``progress``), so a generation
+    cut short can be charged for what it used.
+    """
     from infermesh.worker.engine import Failed, TextDelta
 
     tool_stream = ToolCallStream() if parse_tools else None
@@ -168,7 +175,9 @@ async def stream_chunks(
         if isinstance(event, TextDelta):
             text = tool_stream.feed(event.text) if tool_stream else event.text
             if text:
-                yield GenerationChunk(content=text)
+                yield GenerationChunk(
+                    content=text, progress=_usage(prompt_tokens, event.completion_tokens)
+                )
             continue
         for chunk in _final_chunks(event, tool_stream):
             yield chunk
@@ -196,14 +205,18 @@ def _final_chunks(event: Finished, tool_stream: ToolCallStream | None) -> list[G
                 for index, call in enumerate(calls)
             ]
             chunks.append(GenerationChunk(tool_calls=deltas))
-    usage = Usage(
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        total_tokens=event.prompt_tokens + event.completion_tokens,
-    )
+    usage = _usage(event.prompt_tokens, event.completion_tokens)
     reason = "tool_calls" if any(chunk.tool_calls for chunk in chunks) else finish_reason
     chunks.append(GenerationChunk(finish_reason=reason, usage=usage))
     return chunks
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def _dtype_for(device: str) -> Any:

@@ -15,9 +15,10 @@ from infermesh.worker.engine.text import IncrementalDecoder, StopStringGuard
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New text of the answer."""
+    """New text of the answer, and how many tokens the answer has so far."""
 
     text: str
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ class Sequence:
 
     def _send_text(self, text: str) -> None:
         if text:
-            self._send(TextDelta(text))
+            self._send(TextDelta(text, self.generated))
 
     def _send(self, event: EngineEvent) -> None:
         self.outbox.append(event)

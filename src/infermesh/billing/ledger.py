@@ -1,0 +1,366 @@
+"""The credit ledger: append-only entries, balances cached beside them, and holds.
+
+Every change to an account's money is one :class:`~infermesh.store.LedgerEntry` written
+in the same transaction as the account's cached :class:`~infermesh.store.Balance`, whose
+row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's write lock is taken by the
+session). So a hold and the balance check behind it are atomic: concurrent requests can
+never hold more than the balance, and the balance never goes negative.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from infermesh.billing.money import format_usd
+from infermesh.errors import InvalidRequest, NotFound, PaymentRequired
+from infermesh.store import Account, Balance, Database, Hold, LedgerEntry, UsageEntry, utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_GRANT = 1_000_000 * 1_000_000
+"""The largest single grant or deposit: one million USD, in micro-USD."""
+
+
+class InsufficientCredits(PaymentRequired):
+    """The account's available balance does not cover the request's largest cost."""
+
+    code = "insufficient_credits"
+
+
+class DuplicateReference(InvalidRequest):
+    """A grant or deposit with this reference was already recorded for the account."""
+
+    code = "duplicate_reference"
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRecord:
+    """An account's money, in micro-USD: all of it, the part held, and the rest."""
+
+    account_id: int
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return max(self.balance - self.held, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One ledger entry as it can be shown."""
+
+    id: int
+    kind: str
+    balance_change: int
+    held_change: int
+    balance_after: int
+    reference: str
+    reason: str | None
+    created_at: datetime
+
+
+BASIS_POINTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Earning:
+    """Who operates the worker that served a request, and their share of its charge."""
+
+    account_id: int
+    share_bps: int
+
+    def of(self, charged: int) -> int:
+        """The operator's part of ``charged`` (rounded down; the rest stays with the house)."""
+        return charged * self.share_bps // BASIS_POINTS
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a request ends for the ledger: its cost, the operator's share, its usage row."""
+
+    hold_id: str
+    account_id: int
+    cost: int
+    earning: Earning | None
+    usage: UsageEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a settlement charged, and the account's balance after it."""
+
+    charged: int
+    balance: BalanceRecord
+    repeated: bool = False
+
+
+class CreditLedger:
+    """Grants, holds, settlements and expiry over the ledger tables."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def balance(self, account_id: int) -> BalanceRecord:
+        """The account's balance now (zero for an account that never had money)."""
+        async with self._db.session(read_only=True) as session:
+            row = await session.get(Balance, account_id)
+        if row is None:
+            return BalanceRecord(account_id, 0, 0)
+        return BalanceRecord(account_id, row.balance, row.held)
+
+    async def credit(
+        self, account_id: int, amount: int, *, kind: str, reference: str, reason: str | None
+    ) -> BalanceRecord:
+        """Add ``amount`` to the account (a grant or a deposit), once per ``reference``."""
+        if not 0 < amount <= MAX_GRANT:
+            raise InvalidRequest(
+                f"An amount must be more than 0 and at most {format_usd(MAX_GRANT)} USD.",
+                param="amount",
+            )
+        try:
+            async with self._db.session() as session, session.begin():
+                if await session.get(Account, account_id) is None:
+                    raise NotFound(f"No account with id {account_id}.", param="account")
+                row = await _lock_balances(session, [account_id])
+                _append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
+                return _record(row[account_id])
+        except IntegrityError as exc:
+            raise DuplicateReference(
+                f"A {kind} with reference '{reference}' was already recorded.", param="reference"
+            ) from exc
+
+    async def hold(self, account_id: int, hold_id: str, amount: int, *, ttl: timedelta) -> int:
+        """Hold ``amount`` for the request ``hold_id``; the available balance left after.
+
+        Raises :class:`InsufficientCredits` (and holds nothing) if it is not available.
+        """
+        now = self._clock()
+        async with self._db.session() as session, session.begin():
+            row = (await _lock_balances(session, [account_id]))[account_id]
+            available = row.balance - row.held
+            if amount > available:
+                raise InsufficientCredits(
+                    f"Insufficient credits: this request may cost up to "
+                    f"${format_usd(amount)} but the account has ${format_usd(max(available, 0))} "
+                    "available. Top up your balance, or lower max_tokens.",
+                )
+            session.add(
+                Hold(
+                    id=hold_id,
+                    account_id=account_id,
+                    amount=amount,
+                    status="open",
+                    created_at=now,
+                    expires_at=now + ttl,
+                )
+            )
+            _append(session, row, "hold", 0, amount, hold_id, None, self._clock)
+            return available - amount
+
+    async def settle(self, settlement: Settlement) -> Settled:
+        """Charge the request's cost, release the rest of its hold, credit the operator.
+
+        Idempotent: a request already settled is not charged again. Writes the usage
+        row in the same transaction. The charge never exceeds what was held (or, for a
+        hold that already expired, what is still available).
+        """
+        try:
+            async with self._db.session() as session, session.begin():
+                return await self._settle(session, settlement)
+        except IntegrityError:  # a concurrent settlement of the same request won
+            return Settled(0, await self.balance(settlement.account_id), repeated=True)
+
+    async def _settle(self, session: AsyncSession, settlement: Settlement) -> Settled:
+        hold = await _lock_hold(session, settlement.hold_id)
+        if (hold is not None and hold.status == "settled") or (
+            await session.get(UsageEntry, settlement.usage.id) is not None
+        ):
+            balance = await session.get(Balance, settlement.account_id)
+            return Settled(0, _record_or_zero(settlement.account_id, balance), repeated=True)
+        accounts = [settlement.account_id]
+        if settlement.earning is not None:
+            accounts.append(settlement.earning.account_id)
+        rows = await _lock_balances(session, accounts)
+        charged = self._charge(session, rows[settlement.account_id], hold, settlement)
+        share = settlement.earning.of(charged) if settlement.earning is not None else 0
+        if settlement.earning is not None and share:
+            operator = rows[settlement.earning.account_id]
+            _append(session, operator, "earning", share, 0, settlement.hold_id, None, self._clock)
+            settlement.usage.operator_earning = share
+        settlement.usage.cost = charged
+        session.add(settlement.usage)
+        await session.flush()
+        return Settled(charged, _record(rows[settlement.account_id]))
+
+    async def expire_holds(self) -> int:
+        """Release every open hold past its expiry (its gateway died); how many were."""
+        now = self._clock()
+        async with self._db.session(read_only=True) as session:
+            stale = (
+                await session.scalars(
+                    select(Hold.id).where(Hold.status == "open", Hold.expires_at <= now)
+                )
+            ).all()
+        released = 0
+        for hold_id in stale:
+            async with self._db.session() as session, session.begin():
+                hold = await _lock_hold(session, hold_id)
+                if hold is None or hold.status != "open":
+                    continue
+                row = (await _lock_balances(session, [hold.account_id]))[hold.account_id]
+                _append(session, row, "release", 0, -hold.amount, hold.id, "expired", self._clock)
+                hold.status = "expired"
+                released += 1
+        if released:
+            logger.warning("released %d expired credit holds", released)
+        return released
+
+    async def entries(self, account_id: int, *, limit: int = 20) -> list[EntryRecord]:
+        """The account's newest ledger entries, newest first."""
+        query = (
+            select(LedgerEntry)
+            .where(LedgerEntry.account_id == account_id)
+            .order_by(LedgerEntry.id.desc())
+            .limit(limit)
+        )
+        async with self._db.session(read_only=True) as session:
+            rows = (await session.scalars(query)).all()
+        return [_entry_record(row) for row in rows]
+
+    async def ledger_totals(self, account_id: int) -> BalanceRecord:
+        """The balance and held amount summed from the ledger itself (for audits)."""
+        query = select(
+            func.coalesce(func.sum(LedgerEntry.balance_change), 0),
+            func.coalesce(func.sum(LedgerEntry.held_change), 0),
+        ).where(LedgerEntry.account_id == account_id)
+        async with self._db.session(read_only=True) as session:
+            balance, held = (await session.execute(query)).one()
+        return BalanceRecord(account_id, int(balance), int(held))
+
+    def _charge(
+        self, session: AsyncSession, row: Balance, hold: Hold | None, settlement: Settlement
+    ) -> int:
+        """Write the charge and release entries; return the amount charged."""
+        reference = settlement.hold_id
+        if hold is not None and hold.status == "open":
+            charged = min(settlement.cost, hold.amount)
+            if charged < settlement.cost:
+                logger.warning(
+                    "request %s cost %d micro-USD, more than its hold of %d; charged the hold",
+                    reference,
+                    settlement.cost,
+                    hold.amount,
+                )
+            if charged:
+                _append(session, row, "charge", -charged, -charged, reference, None, self._clock)
+            if hold.amount > charged:
+                rest = hold.amount - charged
+                _append(session, row, "release", 0, -rest, reference, None, self._clock)
+            hold.status = "settled"
+            return charged
+        # No open hold: a free model, or a hold that expired while the request ran.
+        charged = min(settlement.cost, max(row.balance - row.held, 0))
+        if charged < settlement.cost:
+            logger.warning("request %s settled after its hold expired; charge capped", reference)
+        if charged:
+            _append(session, row, "charge", -charged, 0, reference, "late", self._clock)
+        if hold is not None:
+            hold.status = "settled"
+        return charged
+
+
+def _append(
+    session: AsyncSession,
+    row: Balance,
+    kind: str,
+    balance_change: int,
+    held_change: int,
+    reference: str,
+    reason: str | None,
+    clock: Callable[[], datetime],
+) -> None:
+    """Apply one entry to the (locked) balance row and record it."""
+    now = clock()
+    row.balance += balance_change
+    row.held += held_change
+    row.updated_at = now
+    session.add(
+        LedgerEntry(
+            account_id=row.account_id,
+            kind=kind,
+            balance_change=balance_change,
+            held_change=held_change,
+            balance_after=row.balance,
+            held_after=row.held,
+            reference=reference,
+            reason=reason,
+            created_at=now,
+        )
+    )
+
+
+async def _lock_hold(session: AsyncSession, hold_id: str) -> Hold | None:
+    hold: Hold | None = await session.scalar(
+        select(Hold).where(Hold.id == hold_id).with_for_update()
+    )
+    return hold
+
+
+async def _lock_balances(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, Balance]:
+    """Lock the balance rows of these accounts (creating missing ones), in id order.
+
+    Locking in one order means two settlements that credit each other's accounts
+    cannot deadlock.
+    """
+    wanted = sorted(set(account_ids))
+    await _insert_missing_balances(session, wanted)
+    query = (
+        select(Balance)
+        .where(Balance.account_id.in_(wanted))
+        .order_by(Balance.account_id)
+        .with_for_update()
+    )
+    rows = {row.account_id: row for row in (await session.scalars(query)).all()}
+    return rows
+
+
+async def _insert_missing_balances(session: AsyncSession, account_ids: list[int]) -> None:
+    query = select(Balance.account_id).where(Balance.account_id.in_(account_ids))
+    existing = set((await session.scalars(query)).all())
+    missing = [{"account_id": account} for account in account_ids if account not in existing]
+    if not missing:
+        return
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(insert(Balance).values(missing).on_conflict_do_nothing())
+
+
+def _record(row: Balance) -> BalanceRecord:
+    return BalanceRecord(row.account_id, row.balance, row.held)
+
+
+def _record_or_zero(account_id: int, row: Balance | None) -> BalanceRecord:
+    return BalanceRecord(account_id, 0, 0) if row is None else _record(row)
+
+
+def _entry_record(row: LedgerEntry) -> EntryRecord:
+    return EntryRecord(
+        id=row.id,
+        kind=row.kind,
+        balance_change=row.balance_change,
+        held_change=row.held_change,
+        balance_after=row.balance_after,
+        reference=row.reference,
+        reason=row.reason,
+        created_at=row.created_at,
+    )

@@ -1,0 +1,102 @@
+"""``GET /v1/credits/balance``, ``GET /v1/usage`` and ``GET /v1/usage/{id}``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from infermesh.billing.money import CreditUnit, format_usd
+from infermesh.billing.usage import UsageRecord, UsageTotals
+from infermesh.gateway.deps import PrincipalDep, ServicesDep
+from infermesh.protocol.credits import (
+    Amount,
+    CreditBalance,
+    RecentUsage,
+    UsagePage,
+    UsageRecordObject,
+)
+from infermesh.protocol.credits import UsageTotals as UsageTotalsObject
+from infermesh.store import utcnow
+
+router = APIRouter()
+
+
+def amount(micro: int, unit: CreditUnit) -> Amount:
+    """``micro`` micro-USD, with USD and credits for display."""
+    return Amount(micro_usd=micro, usd=format_usd(micro), credits=unit.credits(micro))
+
+
+@router.get("/v1/credits/balance")
+async def credit_balance(principal: PrincipalDep, services: ServicesDep) -> CreditBalance:
+    """The caller's balance, the part held by requests in flight, and recent usage."""
+    billing = services.billing
+    balance = await billing.ledger.balance(principal.account_id)
+    now = utcnow()
+    day = await billing.usage.totals(principal.account_id, since=now - timedelta(days=1))
+    month = await billing.usage.totals(principal.account_id, since=now - timedelta(days=30))
+    unit = billing.unit
+    return CreditBalance(
+        account=principal.account_name,
+        tier=principal.tier,
+        balance=amount(balance.balance, unit),
+        held=amount(balance.held, unit),
+        available=amount(balance.available, unit),
+        credit_usd=format_usd(unit.micro_per_credit),
+        usage=RecentUsage(last_24h=_totals(day, unit), last_30d=_totals(month, unit)),
+    )
+
+
+@router.get("/v1/usage")
+async def list_usage(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=100)] = None,
+) -> UsagePage:
+    """The caller's requests, newest first: counts, cost, worker, status, latency."""
+    records, has_more = await services.billing.usage.page(
+        principal.account_id, limit=limit, after=after
+    )
+    unit = services.billing.unit
+    data = [_record(record, unit) for record in records]
+    return UsagePage(data=data, has_more=has_more, last_id=data[-1].id if data else None)
+
+
+@router.get("/v1/usage/{record_id}")
+async def get_usage(
+    record_id: str, principal: PrincipalDep, services: ServicesDep
+) -> UsageRecordObject:
+    """One request, by its completion id (``chatcmpl-…``) or its ``x-request-id``."""
+    record = await services.billing.usage.get(principal.account_id, record_id)
+    return _record(record, services.billing.unit)
+
+
+def _totals(totals: UsageTotals, unit: CreditUnit) -> UsageTotalsObject:
+    return UsageTotalsObject(
+        requests=totals.requests,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        cost=amount(totals.cost, unit),
+    )
+
+
+def _record(record: UsageRecord, unit: CreditUnit) -> UsageRecordObject:
+    return UsageRecordObject(
+        id=record.id,
+        request_id=record.request_id,
+        created=int(record.created_at.timestamp()),
+        model=record.model,
+        key_id=record.key_id,
+        node_id=record.node_id,
+        stream=record.stream,
+        status=record.status,
+        error_code=record.error_code,
+        finish_reason=record.finish_reason,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        total_tokens=record.prompt_tokens + record.completion_tokens,
+        cost=amount(record.cost, unit),
+        latency_ms=record.latency_ms,
+    )
