@@ -323,7 +323,6 @@ async def _lock_balances(session: AsyncSession, account_ids: Sequence[int]) -> d
     cannot deadlock.
     """
     wanted = sorted(set(account_ids))
-    await _insert_missing_balances(session, wanted)
     query = (
         select(Balance)
         .where(Balance.account_id.in_(wanted))
@@ -331,18 +330,13 @@ async def _lock_balances(session: AsyncSession, account_ids: Sequence[int]) -> d
         .with_for_update()
     )
     rows = {row.account_id: row for row in (await session.scalars(query)).all()}
-    return rows
-
-
-async def _insert_missing_balances(session: AsyncSession, account_ids: list[int]) -> None:
-    query = select(Balance.account_id).where(Balance.account_id.in_(account_ids))
-    existing = set((await session.scalars(query)).all())
-    missing = [{"account_id": account} for account in account_ids if account not in existing]
+    missing = [{"account_id": account} for account in wanted if account not in rows]
     if not missing:
-        return
+        return rows
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(insert(Balance).values(missing).on_conflict_do_nothing())
+    return {row.account_id: row for row in (await session.scalars(query)).all()}
 
 
 def _record(row: Balance) -> BalanceRecord:

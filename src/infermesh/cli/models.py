@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Column, Table
 
+from infermesh.billing.money import format_usd
+from infermesh.billing.pricing import Pricing
 from infermesh.catalog.spec import BackendKind, ModelSpec, ServeSpec
 from infermesh.catalog.store import CatalogFile
 from infermesh.cli.options import ConfigFile, DataDir, JsonOutput, make_settings
@@ -42,7 +44,9 @@ def list_models(
     if json_output:
         typer.echo(json.dumps([spec.model_dump(exclude_none=True) for spec in specs], indent=2))
         return
-    table = Table("tier", "params", "context", "tools", "vision", "backend", "engine model")
+    table = Table(
+        "tier", "params", "context", "tools", "vision", "price", "backend", "engine model"
+    )
     table.columns.insert(0, Column("id", no_wrap=True))
     for spec in specs:
         serve = spec.serve
@@ -53,6 +57,7 @@ def list_models(
             str(spec.context_length),
             "yes" if spec.capabilities.tools else "",
             "yes" if spec.capabilities.vision else "",
+            _price(spec.pricing),
             serve.backend if serve else "(remote workers)",
             (serve.engine_model if serve else "")
             + (f" @ {serve.upstream_url}" if serve and serve.upstream_url else ""),
@@ -81,12 +86,31 @@ def add_model(
     context_length: Annotated[int, typer.Option(help="Context window in tokens.")] = 4096,
     tools: Annotated[bool, typer.Option("--tools/--no-tools", help="Accepts tools.")] = False,
     vision: Annotated[bool, typer.Option("--vision/--no-vision", help="Accepts images.")] = False,
+    price_request: Annotated[
+        str | None, typer.Option(help='USD per request (flat), e.g. "0.10".')
+    ] = None,
+    price_input: Annotated[str | None, typer.Option(help="USD per million prompt tokens.")] = None,
+    price_output: Annotated[
+        str | None, typer.Option(help="USD per million completion tokens.")
+    ] = None,
+    price_minimum: Annotated[str | None, typer.Option(help="USD charged at least.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace a model with the same id.")] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Add a model to the catalog (takes effect on the next start of the gateway)."""
+    """Add a model to the catalog (takes effect on the next start of the gateway).
+
+    Without any --price-* option the model is free.
+    """
+    prices = {
+        "per_request": price_request,
+        "input_per_million": price_input,
+        "output_per_million": price_output,
+        "minimum": price_minimum,
+    }
     try:
+        given = {name: value for name, value in prices.items() if value is not None}
+        pricing = Pricing.model_validate(given) if given else None
         serve = None
         if backend is not None:
             serve = ServeSpec(
@@ -102,6 +126,7 @@ def add_model(
             description=description,
             context_length=context_length,
             capabilities=Capabilities(tools=tools, vision=vision),
+            pricing=pricing,
             serve=serve,
         )
         _catalog(data_dir, config).add(spec, replace=replace)
@@ -120,6 +145,23 @@ def remove_model(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     errors.print(f"removed [bold]{model_id}[/bold]")
+
+
+def _price(pricing: Pricing | None) -> str:
+    """A short price, e.g. ``$0.1/req`` or ``$0.5/$1.5 per M``."""
+    if pricing is None or pricing.free:
+        return "free"
+    parts = []
+    if pricing.per_request:
+        parts.append(f"${format_usd(pricing.per_request)}/req")
+    if pricing.input_per_million or pricing.output_per_million:
+        parts.append(
+            f"${format_usd(pricing.input_per_million)}/${format_usd(pricing.output_per_million)}"
+            " per M"
+        )
+    if pricing.minimum:
+        parts.append(f"min ${format_usd(pricing.minimum)}")
+    return " + ".join(parts)
 
 
 def _backend(name: str) -> BackendKind:
