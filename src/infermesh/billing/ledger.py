@@ -144,6 +144,8 @@ class CreditLedger:
 
         Raises :class:`InsufficientCredits` (and holds nothing) if it is not available.
         """
+        if amount <= 0:
+            raise ValueError("a hold must be of a positive amount")
         now = self._clock()
         async with self._db.session() as session, session.begin():
             row = (await _lock_balances(session, [account_id]))[account_id]
@@ -177,8 +179,15 @@ class CreditLedger:
         try:
             async with self._db.session() as session, session.begin():
                 return await self._settle(session, settlement)
-        except IntegrityError:  # a concurrent settlement of the same request won
+        except IntegrityError:
+            if not await self._settled(settlement):
+                raise
+            # A concurrent settlement of the same request won.
             return Settled(0, await self.balance(settlement.account_id), repeated=True)
+
+    async def _settled(self, settlement: Settlement) -> bool:
+        async with self._db.session(read_only=True) as session:
+            return await session.get(UsageEntry, settlement.usage.id) is not None
 
     async def _settle(self, session: AsyncSession, settlement: Settlement) -> Settled:
         hold = await _lock_hold(session, settlement.hold_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -29,7 +29,8 @@ def parse_usd(value: object, *, maximum: Decimal = MAX_PRICE_USD) -> int:
         raise ValueError("an amount of USD cannot be negative")
     if amount > maximum:
         raise ValueError(f"an amount above {maximum} USD is not allowed here")
-    micro = amount * MICRO_PER_USD
+    with localcontext(prec=len(amount.as_tuple().digits) + 8):  # exact, never rounded
+        micro = amount * MICRO_PER_USD
     if micro != micro.to_integral_value():
         raise ValueError(f"{value!r} has more than 6 decimals (1 micro-USD is the smallest unit)")
     return int(micro)
