@@ -13,6 +13,7 @@ from infermesh.billing.money import MICRO_PER_USD, parse_usd
 from infermesh.errors import InvalidRequest
 
 MAX_REASON_LENGTH = 500
+MAX_REFERENCE_LENGTH = 100
 
 
 def parse_amount(usd: str) -> int:
@@ -50,6 +51,10 @@ class CreditAdmin:
         if not reason or len(reason) > MAX_REASON_LENGTH:
             raise InvalidRequest(
                 f"A grant needs a reason of 1 to {MAX_REASON_LENGTH} characters.", param="reason"
+            )
+        if reference is not None and not 1 <= len(reference) <= MAX_REFERENCE_LENGTH:
+            raise InvalidRequest(
+                f"A reference must have 1 to {MAX_REFERENCE_LENGTH} characters.", param="reference"
             )
         record = await self._accounts.get_account(account)
         reference = reference or f"grant_{secrets.token_hex(8)}"

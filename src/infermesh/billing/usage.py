@@ -108,7 +108,8 @@ class UsageLog:
         return UsageTotals(int(requests), int(prompt), int(completion), int(cost))
 
     async def earnings(self, *, operator: str | None = None) -> list[WorkerEarnings]:
-        """Per registered worker: requests served for pay, tokens, billed and earned."""
+        """Per registered worker: requests it served (all but failed ones, free ones
+        too), their tokens, what they were billed and what the operator earned."""
         query = (
             select(
                 RegisteredWorker.id,

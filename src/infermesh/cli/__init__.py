@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from infermesh.cli.accounts import accounts_app
+from infermesh.cli.credits import credits_app
 from infermesh.cli.db import db_app
 from infermesh.cli.keys import keys_app
 from infermesh.cli.models import models_app
@@ -23,6 +25,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(credits_app, name="credits")
 
 
 def main() -> None:

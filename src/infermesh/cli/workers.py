@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from itertools import groupby
 from typing import Annotated, TypeVar
 
 import typer
@@ -16,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from infermesh.accounts.workers import CreatedWorkerToken, WorkerRecord, WorkerTokenService
+from infermesh.billing.money import CreditUnit
+from infermesh.billing.usage import UsageLog, WorkerEarnings
+from infermesh.cli.credits import amount_json, credit_unit, usd_text
 from infermesh.cli.db import run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
@@ -33,6 +37,10 @@ WorkerName = Annotated[
 ]
 Operator = Annotated[
     str, typer.Option("--operator", help="Account of the GPU operator (created if new).")
+]
+OperatorFilter = Annotated[
+    str | None,
+    typer.Option("--operator", help="Only this operator's workers.", show_default=False),
 ]
 WorkerId = Annotated[str, typer.Argument(help="Id of the worker (wrk_…).", show_default=False)]
 _STATUS_STYLES = {"online": "green", "offline": "yellow", "revoked": "red"}
@@ -104,6 +112,46 @@ def _worker_table(records: list[WorkerRecord]) -> Table:
     return table
 
 
+def _earnings_json(row: WorkerEarnings, unit: CreditUnit) -> dict[str, object]:
+    return {
+        "worker_id": row.worker_id,
+        "name": row.worker_name,
+        "operator": row.operator,
+        "requests": row.requests,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "billed": amount_json(row.billed, unit),
+        "earned": amount_json(row.earned, unit),
+    }
+
+
+def _figures(rows: list[WorkerEarnings]) -> list[str]:
+    """Requests, tokens in and out, billed and earned, summed over ``rows``."""
+    return [
+        f"{sum(row.requests for row in rows):,}",
+        f"{sum(row.prompt_tokens for row in rows):,}",
+        f"{sum(row.completion_tokens for row in rows):,}",
+        usd_text(sum(row.billed for row in rows)),
+        usd_text(sum(row.earned for row in rows)),
+    ]
+
+
+def _earnings_table(rows: list[WorkerEarnings]) -> Table:
+    """One section per operator: its workers (name, id below), then its total."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    table.add_column("operator / worker", min_width=2 + max(len(row.worker_id) for row in rows))
+    for column in ("requests", "tokens in", "tokens out", "billed", "earned"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for operator, group in groupby(rows, key=lambda row: row.operator):
+        workers = list(group)
+        table.add_row(Text(operator, style="bold"))
+        for row in workers:
+            worker = Text.assemble("  ", row.worker_name, "\n  ", (row.worker_id, "dim"))
+            table.add_row(worker, *_figures([row]))
+        table.add_row(Text("  total"), *_figures(workers), style="bold", end_section=True)
+    return table
+
+
 @token_app.command("create")
 def create_token(
     name: WorkerName,
@@ -144,3 +192,24 @@ def revoke(worker_id: WorkerId, data_dir: DataDir = None, database_url: Database
         f"Revoked {record.id} ({escape(record.name)}, operator {escape(record.operator)}). "
         "If it is connected, the gateway disconnects it within a few seconds."
     )
+
+
+@workers_app.command("earnings")
+def earnings(
+    operator: OperatorFilter = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """What each worker served for pay: requests, tokens, billed and earned (USD)."""
+    settings = make_settings(data_dir=data_dir, database_url=database_url)
+    unit = credit_unit(settings)
+    rows = run_with_database(
+        settings, lambda database: UsageLog(database).earnings(operator=operator)
+    )
+    if as_json:
+        typer.echo(json.dumps([_earnings_json(row, unit) for row in rows]))
+    elif rows:
+        Console().print(_earnings_table(rows))
+    else:
+        Console().print("No workers." if operator is None else f"No workers of {escape(operator)}.")

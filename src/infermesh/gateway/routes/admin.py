@@ -35,7 +35,13 @@ async def grant_credits(name: str, grant: GrantRequest, services: ServicesDep) -
 
 @router.patch("/accounts/{name}")
 async def update_account(name: str, update: TierUpdate, services: ServicesDep) -> AccountCredits:
-    """Move an account to another tier."""
+    """Move an account to another tier (one the gateway's tier policy names)."""
+    known = services.billing.tiers.tiers()
+    if update.tier not in known:
+        raise InvalidRequest(
+            f"Unknown tier '{update.tier}'; the tiers are {', '.join(sorted(known))}.",
+            param="tier",
+        )
     await services.accounts.set_tier(name, update.tier)
     return _account(await services.credits.statement(name), services)
 
