@@ -9,7 +9,7 @@ from typing import Literal
 
 from infermesh.accounts.records import Principal
 from infermesh.billing.ledger import BASIS_POINTS, CreditLedger, Earning, Settled, Settlement
-from infermesh.billing.money import CreditUnit
+from infermesh.billing.money import CreditUnit, usd
 from infermesh.billing.pricing import Pricing, token_bound
 from infermesh.billing.tiers import TierPolicy
 from infermesh.billing.usage import UsageLog
@@ -121,7 +121,10 @@ class BillingService:
         """Charge what ``outcome`` used (nothing if it failed), release the rest, pay the
         operator their share; record the usage. Safe to call twice."""
         usage = outcome.usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        cost = 0 if outcome.status == "failed" else charge.cost(usage)
+        # A failed request costs nothing; so does one cut short before any token was
+        # counted (the client left while it was being dispatched).
+        served = outcome.status != "failed" and outcome.usage is not None
+        cost = charge.cost(usage) if served else 0
         earning = None
         if outcome.operator is not None and self._share_bps:
             earning = Earning(outcome.operator.account_id, self._share_bps)
@@ -145,7 +148,7 @@ def billed_usage(usage: Usage, cost: int) -> CompletionUsage:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
-        cost=cost / 1_000_000,
+        cost=usd(cost),
         cost_micro_usd=cost,
     )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from infermesh.accounts.records import Principal
+from infermesh.billing.ledger import BalanceRecord
 from infermesh.billing.service import BillingService, billed_usage
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
@@ -38,10 +39,10 @@ class _Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A whole completion, charged; ``available`` is the balance left (None if free)."""
+    """A whole completion, charged; ``balance`` is the account's after it (None if free)."""
 
     completion: ChatCompletion
-    available: int | None
+    balance: BalanceRecord | None
 
 
 class ChatService:
@@ -104,8 +105,8 @@ class ChatService:
         charged = await meter.settle(generation.outcome())
         completion.usage = billed_usage(completion.usage, charged)
         settled = meter.settled
-        available = settled.balance.available if settled and meter.charge.held else None
-        return Completed(completion, available)
+        balance = settled.balance if settled and meter.charge.held else None
+        return Completed(completion, balance)
 
     async def collect(self, generation: Generation) -> ChatCompletion:
         """Run a generation to its end and return the whole completion."""

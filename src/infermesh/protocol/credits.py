@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from infermesh.protocol.base import WireModel
 
@@ -76,7 +76,7 @@ class GrantRequest(WireModel):
     """``POST /admin/accounts/{name}/grants``: add credit to an account."""
 
     amount_usd: str | None = Field(default=None, description='USD, e.g. "5" or "0.25"')
-    amount_micro_usd: int | None = None
+    amount_micro_usd: StrictInt | None = None
     reason: str = Field(min_length=1, max_length=500)
     reference: str | None = Field(
         default=None, max_length=100, description="idempotency key: a grant is made once"

@@ -59,8 +59,9 @@ async def create_chat_completion(
             "x-infermesh-node-id": completion.metadata.node_id,
             "x-infermesh-cost-micro-usd": str(completion.usage.cost_micro_usd or 0),
         }
-        if completed.available is not None:
-            headers["x-infermesh-balance-micro-usd"] = str(completed.available)
+        if completed.balance is not None:
+            headers["x-infermesh-balance-micro-usd"] = str(completed.balance.balance)
+            headers["x-infermesh-available-micro-usd"] = str(completed.balance.available)
         return JSONResponse(completion.model_dump(mode="json"), headers=headers)
     generation = await services.chat.start(chat_request, record, principal)
     options = chat_request.stream_options
