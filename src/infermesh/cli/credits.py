@@ -22,6 +22,7 @@ from infermesh.billing.admin import CreditAdmin, Statement, parse_amount
 from infermesh.billing.ledger import CreditLedger, EntryRecord
 from infermesh.billing.money import CreditUnit, format_usd, parse_usd
 from infermesh.billing.tiers import ANY_TIER, TierPolicy
+from infermesh.billing.views import amount as amount_object
 from infermesh.cli.db import fail, run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
@@ -79,7 +80,7 @@ def credits_text(micro: int, unit: CreditUnit) -> str:
 
 def amount_json(micro: int, unit: CreditUnit) -> dict[str, object]:
     """An amount as the JSON output shows it (the /admin API's shape)."""
-    return {"micro_usd": micro, "usd": format_usd(micro), "credits": unit.credits(micro)}
+    return amount_object(micro, unit).model_dump()
 
 
 def model_tiers(settings: Settings, tier: str) -> list[str]:

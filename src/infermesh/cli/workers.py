@@ -19,7 +19,8 @@ from rich.text import Text
 from infermesh.accounts.workers import CreatedWorkerToken, WorkerRecord, WorkerTokenService
 from infermesh.billing.money import CreditUnit
 from infermesh.billing.usage import UsageLog, WorkerEarnings
-from infermesh.cli.credits import amount_json, credit_unit, usd_text
+from infermesh.billing.views import earnings_object
+from infermesh.cli.credits import credit_unit, usd_text
 from infermesh.cli.db import run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
@@ -113,16 +114,7 @@ def _worker_table(records: list[WorkerRecord]) -> Table:
 
 
 def _earnings_json(row: WorkerEarnings, unit: CreditUnit) -> dict[str, object]:
-    return {
-        "worker_id": row.worker_id,
-        "name": row.worker_name,
-        "operator": row.operator,
-        "requests": row.requests,
-        "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens,
-        "billed": amount_json(row.billed, unit),
-        "earned": amount_json(row.earned, unit),
-    }
+    return earnings_object(row, unit).model_dump()
 
 
 def _figures(rows: list[WorkerEarnings]) -> list[str]:

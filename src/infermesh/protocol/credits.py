@@ -109,3 +109,16 @@ class AccountCredits(WireModel):
 
 class TierUpdate(WireModel):
     tier: str = Field(min_length=1, max_length=32)
+
+
+class WorkerEarningsObject(WireModel):
+    """One registered worker: what it served, what that was billed, what its operator earned."""
+
+    worker_id: str
+    name: str
+    operator: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    billed: Amount
+    earned: Amount

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from infermesh.billing.admin import Statement, parse_amount
+from infermesh.billing.views import amount, earnings_object
 from infermesh.errors import InvalidRequest
 from infermesh.gateway.deps import AdminDep, ServicesDep
-from infermesh.gateway.routes.credits import amount
 from infermesh.gateway.state import Services
 from infermesh.protocol.credits import AccountCredits, GrantRequest, LedgerEntryObject, TierUpdate
 
@@ -53,20 +53,7 @@ async def worker_earnings(
     """Per registered worker: requests billed, tokens, amount billed and earned."""
     rows = await services.billing.usage.earnings(operator=operator)
     unit = services.billing.unit
-    data = [
-        {
-            "worker_id": row.worker_id,
-            "name": row.worker_name,
-            "operator": row.operator,
-            "requests": row.requests,
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-            "billed": amount(row.billed, unit).model_dump(),
-            "earned": amount(row.earned, unit).model_dump(),
-        }
-        for row in rows
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [earnings_object(row, unit).model_dump() for row in rows]}
 
 
 def _grant_amount(grant: GrantRequest) -> int:

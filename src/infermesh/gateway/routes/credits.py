@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 
 from infermesh.billing.money import CreditUnit, format_usd
 from infermesh.billing.usage import UsageRecord, UsageTotals
+from infermesh.billing.views import amount
 from infermesh.gateway.deps import PrincipalDep, ServicesDep
 from infermesh.protocol.credits import (
-    Amount,
     CreditBalance,
     RecentUsage,
     UsagePage,
@@ -21,11 +21,6 @@ from infermesh.protocol.credits import UsageTotals as UsageTotalsObject
 from infermesh.store import utcnow
 
 router = APIRouter()
-
-
-def amount(micro: int, unit: CreditUnit) -> Amount:
-    """``micro`` micro-USD, with USD and credits for display."""
-    return Amount(micro_usd=micro, usd=format_usd(micro), credits=unit.credits(micro))
 
 
 @router.get("/v1/credits/balance")
