@@ -97,6 +97,7 @@ class Generation:
         self.builder = CompletionBuilder()
         self._progress: Usage | None = None
         self._error_code: str | None = None
+        self._warned_no_usage = False
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
@@ -149,9 +150,11 @@ class Generation:
     def usage(self) -> Usage:
         if self.builder.usage is not None:
             return self.builder.usage
-        logger.warning(
-            "worker %s sent no usage for %s", self.identity.node_id, self._record.request_id
-        )
+        if not self._warned_no_usage:  # asked for by the response and again by the bill
+            self._warned_no_usage = True
+            logger.warning(
+                "worker %s sent no usage for %s", self.identity.node_id, self._record.request_id
+            )
         return self._progress or NO_USAGE
 
     def _observe(self, chunk: GenerationChunk) -> GenerationChunk:
