@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,26 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(default=None, description="key for the /admin API")
     tier_access: dict[str, list[str]] | None = Field(
         default=None, description='account tier → model tiers, e.g. {"free": ["fast"]}'
+    )
+    tier_limits: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description='rate limits per tier over the defaults, e.g. {"free": '
+        '{"requests_per_minute": 10, "tokens_per_day": "unlimited"}}',
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for rate limits shared by several gateways"
+    )
+    redis_prefix: str = Field(default="infermesh", min_length=1, description="Redis key prefix")
+    redis_timeout: float = Field(default=2.0, gt=0, description="seconds for one Redis call")
+    rate_limit_fail_open: bool = Field(
+        default=False,
+        description="when Redis is unreachable, let requests through unlimited (else 503)",
+    )
+    limit_slot_ttl: float = Field(
+        default=30.0, gt=0, description="seconds a dead gateway's concurrency slot lives"
+    )
+    limits_cache_ttl: float = Field(
+        default=5.0, ge=0, description="seconds a gateway caches the limits set by admins"
     )
 
     @property

@@ -6,6 +6,8 @@ envelope ``{"error": {"message", "type", "param", "code"}}`` with its status.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InfermeshError(Exception):
     """Base of every error that reaches an API client."""
@@ -108,3 +110,17 @@ class UpstreamRejected(InfermeshError):
 
 class ConfigError(Exception):
     """Bad configuration found at start-up or by a CLI command (not an API error)."""
+
+
+class RateLimited(InfermeshError):
+    """A rate limit refused the request: nothing was run or charged. ``headers`` are the
+    ``x-ratelimit-*`` headers of the answer."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+    headers: dict[str, str]
+
+    def __init__(self, message: str, **options: Any) -> None:
+        super().__init__(message, **options)
+        self.headers = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -35,6 +35,8 @@ class RequestRecord:
     time_to_first_token_ms: float | None = None
     latency_ms: float = 0.0
     error_code: str | None = None
+    response_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """Headers for the response, errors included (the rate-limit headers); not logged."""
 
 
 class Metrics:
@@ -87,7 +89,11 @@ class Metrics:
 
 def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
     """The one log line of a request. Built from ids and counts only."""
-    fields = {key: value for key, value in asdict(record).items() if value is not None}
+    fields = {
+        key: value
+        for key, value in asdict(record).items()
+        if value is not None and key != "response_headers"
+    }
     fields["latency_ms"] = round(record.latency_ms, 1)
     if record.time_to_first_token_ms is not None:
         fields["time_to_first_token_ms"] = round(record.time_to_first_token_ms, 1)

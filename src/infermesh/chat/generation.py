@@ -13,6 +13,7 @@ from infermesh.billing.ledger import Settled
 from infermesh.billing.service import BillingService, Charge, Outcome, OutcomeStatus
 from infermesh.chat.assembly import CompletionBuilder, ResponseIdentity
 from infermesh.errors import InfermeshError
+from infermesh.limits.service import Admission
 from infermesh.mesh.registry import Lease
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk
@@ -31,15 +32,19 @@ class Meter:
     charge: Charge
     record: RequestRecord
     started: float
+    admission: Admission | None = None
     settled: Settled | None = None
 
     async def settle(self, outcome: Outcome) -> int:
-        """Settle the charge (shielded from cancellation); return the amount charged.
+        """Settle the charge and count the tokens against the rate limits (shielded
+        from cancellation); return the amount charged.
 
         A failure to settle is logged, not raised: the client has its answer, and the
         hold is released when it expires.
         """
         with anyio.CancelScope(shield=True):
+            if self.admission is not None:
+                await self.admission.finish(counted_tokens(outcome))
             try:
                 settled = await self.billing.settle(self.charge, outcome)
             except Exception:
@@ -169,6 +174,14 @@ class Generation:
             self._record.finish_reason = chunk.finish_reason
             self._lease.succeeded(chunk.usage.completion_tokens if chunk.usage else 0)
         return chunk
+
+
+def counted_tokens(outcome: Outcome) -> int:
+    """The tokens a request counts against its limits: as billed, so nothing for a
+    request that failed."""
+    if outcome.status == "failed" or outcome.usage is None:
+        return 0
+    return outcome.usage.prompt_tokens + outcome.usage.completion_tokens
 
 
 async def close_iterator(chunks: AsyncIterator[GenerationChunk]) -> None:

@@ -18,7 +18,14 @@ from infermesh.catalog.spec import ModelSpec
 from infermesh.chat.assembly import SSE_DONE, ResponseIdentity, sse_event
 from infermesh.chat.generation import Generation, Meter, close_iterator
 from infermesh.chat.validation import check_request
-from infermesh.errors import BackendError, InfermeshError, NoWorkerAvailable, WorkerLost
+from infermesh.errors import (
+    BackendError,
+    InfermeshError,
+    NoWorkerAvailable,
+    RateLimited,
+    WorkerLost,
+)
+from infermesh.limits.service import Admission, RateLimiter
 from infermesh.mesh.registry import Lease, WorkerRegistry
 from infermesh.protocol.chat import ChatCompletion, ChatCompletionRequest, ChoiceDelta
 from infermesh.protocol.errors import ErrorBody, ErrorEnvelope
@@ -56,10 +63,12 @@ class ChatService:
         *,
         max_image_bytes: int,
         max_attempts: int = 3,
+        limits: RateLimiter | None = None,
     ) -> None:
         self._catalog = catalog
         self._registry = registry
         self._billing = billing
+        self._limits = limits
         self._max_image_bytes = max_image_bytes
         self._max_attempts = max_attempts
 
@@ -150,12 +159,32 @@ class ChatService:
         record.stream = bool(request.stream)
         check_request(request, spec, max_image_bytes=self._max_image_bytes)
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-        charge = await self._billing.authorize(
-            principal, spec, request, charge_id=completion_id, request_id=record.request_id
-        )
-        meter = Meter(self._billing, charge, record, time.perf_counter())
+        self._billing.tiers.check(principal.tier, spec.id, spec.tier)
+        admission = await self._admit(principal, request, record)
+        try:
+            charge = await self._billing.authorize(
+                principal, spec, request, charge_id=completion_id, request_id=record.request_id
+            )
+        except BaseException:
+            await admission.finish(0)
+            raise
+        meter = Meter(self._billing, charge, record, time.perf_counter(), admission=admission)
         job = GenerationJob(id=completion_id, model=spec.id, request=request)
         return _Prepared(spec, job, meter)
+
+    async def _admit(
+        self, principal: Principal, request: ChatCompletionRequest, record: RequestRecord
+    ) -> Admission:
+        """Let the request in under its rate limits; the headers say how much is left."""
+        if self._limits is None:
+            return Admission(None)
+        try:
+            admission = await self._limits.admit(principal, request)
+        except RateLimited as exc:
+            record.response_headers.update(exc.headers)
+            raise
+        record.response_headers.update(admission.headers)
+        return admission
 
     async def _dispatch_with_failover(
         self, prepared: _Prepared, record: RequestRecord, tried: set[str]

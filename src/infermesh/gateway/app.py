@@ -29,8 +29,9 @@ from infermesh.config import Settings
 from infermesh.errors import ConfigError
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
-from infermesh.gateway.routes import admin, chat, credits, health, models, workers
+from infermesh.gateway.routes import admin, chat, credits, health, limits, models, workers
 from infermesh.gateway.state import Services
+from infermesh.limits.setup import build_limiter
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.store.database import Database
@@ -61,6 +62,7 @@ def create_app(
         catalog = Catalog(catalog_specs)
         accounts = AccountService(database)
         billing = build_billing(settings, database)
+        limiter = await build_limiter(settings, database, list(billing.tiers.tiers()))
         app.state.services = Services(
             settings=settings,
             database=database,
@@ -73,28 +75,33 @@ def create_app(
                 billing,
                 max_image_bytes=settings.max_image_bytes,
                 max_attempts=settings.max_attempts,
+                limits=limiter,
             ),
             metrics=metrics,
             workers=WorkerTokenService(database),
             billing=billing,
             credits=CreditAdmin(accounts, billing.ledger),
+            limits=limiter,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
+        renewing = asyncio.create_task(limiter.keep_slots_alive())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
-            expiring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiring
+            for task in (expiring, renewing):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if starting is not None:
                 starting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starting
             if host is not None:
                 await host.close()
+            await limiter.store.close()
             await database.dispose()
 
     app = FastAPI(
@@ -110,6 +117,8 @@ def create_app(
     app.include_router(workers.router)
     app.include_router(credits.router)
     app.include_router(admin.router)
+    app.include_router(limits.router)
+    app.include_router(limits.admin_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

@@ -60,6 +60,10 @@ class RequestContextMiddleware:
                 record.status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", record.request_id.encode()))
+                present = {name for name, _ in headers}
+                for name, value in record.response_headers.items():
+                    if name.encode() not in present:
+                        headers.append((name.encode(), value.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -11,6 +11,7 @@ from infermesh.billing.service import BillingService
 from infermesh.catalog.catalog import Catalog
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
+from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.store.database import Database
 from infermesh.telemetry import Metrics
@@ -30,3 +31,4 @@ class Services:
     workers: WorkerTokenService
     billing: BillingService
     credits: CreditAdmin
+    limits: RateLimiter

@@ -10,6 +10,7 @@ from infermesh.store.tables import (
     Base,
     Hold,
     LedgerEntry,
+    RateLimitSetting,
     UsageEntry,
     utcnow,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Database",
     "Hold",
     "LedgerEntry",
+    "RateLimitSetting",
     "UsageEntry",
     "head_revision",
     "normalize_url",

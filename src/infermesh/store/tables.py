@@ -224,3 +224,20 @@ class UsageEntry(Base):
     operator_earning: Mapped[int] = mapped_column(Money, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RateLimitSetting(Base):
+    """Rate limits set by an admin for a tier, an account or a key.
+
+    ``limits`` holds only the limits set here (a number or ``"unlimited"``); the others
+    come from elsewhere. ``subject`` is the tier name, the account id or the key id.
+    """
+
+    __tablename__ = "rate_limits"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    limits: Mapped[dict[str, int | str]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=func.current_timestamp()
+    )
