@@ -43,13 +43,14 @@ class Meter:
         hold is released when it expires.
         """
         with anyio.CancelScope(shield=True):
-            if self.admission is not None:
-                await self.admission.finish(counted_tokens(outcome))
             try:
                 settled = await self.billing.settle(self.charge, outcome)
             except Exception:
                 logger.exception("settling %s failed; its hold will expire", self.charge.id)
                 return 0
+            finally:
+                if self.admission is not None:
+                    await self.admission.finish(counted_tokens(outcome))
         self.settled = settled
         self.record.cost_micro_usd = settled.charged
         return settled.charged

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from infermesh.accounts.service import AccountService
@@ -20,6 +21,7 @@ from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, make_setting
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
 from infermesh.gateway.app import create_app
+from infermesh.limits.setup import check_store, limit_store
 from infermesh.store.database import Database
 from infermesh.telemetry import configure_logging
 
@@ -50,6 +52,17 @@ async def _prepare(settings: Settings) -> str | None:
     return created.key if created else None
 
 
+async def _check_redis(settings: Settings) -> None:
+    """Fail now, with a clear message, if the configured Redis does not answer."""
+    if not settings.redis_url:
+        return
+    store = limit_store(settings)
+    try:
+        await check_store(settings, store)
+    finally:
+        await store.close()
+
+
 def serve(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -60,6 +73,15 @@ def serve(
         bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")
     ] = True,
     log_json: Annotated[bool, typer.Option("--log-json", help="Log lines as JSON.")] = False,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="Redis that keeps the rate limits, shared by every gateway that uses it "
+            "(env INFERMESH_REDIS_URL). Without it, limits are kept in this process.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway (OpenAI-compatible API) and an in-process worker."""
     settings = make_settings(
@@ -70,11 +92,17 @@ def serve(
         port=port,
         embedded_worker=worker,
         log_json=log_json or None,
+        redis_url=redis_url,
     )
     configure_logging(level=settings.log_level, as_json=settings.log_json)
     catalog = CatalogFile(settings.catalog_path)
     if not catalog.exists():
         catalog.save(catalog.load_or_default())
+    try:
+        asyncio.run(_check_redis(settings))
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     first_key = asyncio.run(_prepare(settings))
     _print_welcome(settings, first_key, [spec.id for spec in catalog.load()])
     app = create_app(settings, secrets=dict(os.environ))

@@ -48,7 +48,8 @@ class MemoryLimitStore:
                 if refused_by is None or wait > retry_after:
                     refused_by, retry_after = draw.bucket, wait
         for pool in pools:
-            if len(self._live(pool.key, now)) >= pool.limit and refused_by is None:
+            full = len(self._live(pool.key, now)) >= pool.limit
+            if full and (refused_by is None or SLOT_WAIT > retry_after):
                 refused_by, retry_after = pool, SLOT_WAIT
         if refused_by is not None:
             levels = [self._level(draw.bucket, now) for draw in draws]
@@ -69,6 +70,10 @@ class MemoryLimitStore:
     async def release(self, pools: list[Pool], *, slot: str) -> None:
         for pool in pools:
             self._pools.get(pool.key, {}).pop(slot, None)
+
+    async def finish(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> None:
+        await self.adjust(draws)
+        await self.release(pools, slot=slot)
 
     async def renew(self, slots: dict[str, list[Pool]]) -> None:
         now = self._clock()

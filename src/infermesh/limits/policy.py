@@ -171,6 +171,8 @@ def describe_error(exc: ValidationError | TypeError) -> str:
     if isinstance(exc, TypeError):
         return "limits must be an object of limit names and values"
     first = exc.errors()[0]
+    if first.get("type") in {"model_type", "model_attributes_type", "dict_type"}:
+        return "limits must be an object of limit names and values"
     location = first.get("loc", ())
     field = str(location[0]) if location else "limits"
     if first.get("type") == "extra_forbidden":

@@ -68,7 +68,7 @@ for j = 1, #KEYS - n do
   local key = KEYS[n + j]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   counts[j] = redis.call('ZCARD', key)
-  if refused == 0 and counts[j] >= tonumber(ARGV[pool_base + j]) then
+  if counts[j] >= tonumber(ARGV[pool_base + j]) and (refused == 0 or tonumber(slot_wait) > wait) then
     refused, wait = n + j, tonumber(slot_wait)
   end
 end
@@ -98,6 +98,22 @@ for i = 1, #KEYS do
     tonumber(ARGV[i * 3])
   keep(KEYS[i], math.max(tat_of(KEYS[i]) + cost * window / limit, now))
 end
+return 1
+"""
+)
+
+# KEYS: n buckets, then pools. ARGV: n, slot, (limit, window, cost) per bucket.
+_FINISH = (
+    _PRELUDE
+    + """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
+  local limit, window, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3])
+  keep(KEYS[i], math.max(tat_of(KEYS[i]) + cost * window / limit, now))
+end
+for j = n + 1, #KEYS do redis.call('ZREM', KEYS[j], ARGV[2]) end
 return 1
 """
 )
@@ -150,6 +166,7 @@ class RedisLimitStore:
         self._admit = self._redis.register_script(_ADMIT)
         self._adjust = self._redis.register_script(_ADJUST)
         self._renew = self._redis.register_script(_RENEW)
+        self._finish = self._redis.register_script(_FINISH)
         self._inspect = self._redis.register_script(_INSPECT)
 
     async def admit(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> Verdict:
@@ -185,6 +202,15 @@ class RedisLimitStore:
                 await pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from None
+
+    async def finish(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> None:
+        if not draws and not pools:
+            return
+        keys = [draw.bucket.key for draw in draws] + [pool.key for pool in pools]
+        args: list[Any] = [len(draws), slot]
+        for draw in draws:
+            args += [draw.bucket.limit, draw.bucket.window, draw.cost]
+        await self._run(self._finish, keys, args)
 
     async def renew(self, slots: dict[str, list[Pool]]) -> None:
         keys = [pool.key for pools in slots.values() for pool in pools]

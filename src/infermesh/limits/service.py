@@ -181,15 +181,16 @@ class RateLimiter:
         self._live.pop(admission.slot, None)
         change = tokens_used - admission.reserved
         try:
-            if change and admission.token_draws:
-                await self.store.adjust([Draw(d.bucket, change) for d in admission.token_draws])
-            await self.store.release(admission.pools, slot=admission.slot)
+            draws = [Draw(draw.bucket, change) for draw in admission.token_draws if change]
+            await self.store.finish(draws, admission.pools, slot=admission.slot)
         except LimiterUnavailable as exc:
             logger.warning(
                 "could not count tokens or release a slot (%s); the slot expires in %.0fs",
                 exc.detail,
                 self._slot_ttl,
             )
+        except Exception:
+            logger.exception("finishing an admission failed; its slot expires by itself")
 
     async def status(self, principal: Principal) -> list[LimitState]:
         """Every limit ``principal`` is held to, with its current use."""

@@ -9,7 +9,7 @@ from infermesh.errors import ConfigError
 from infermesh.limits.book import LimitBook
 from infermesh.limits.memory import MemoryLimitStore
 from infermesh.limits.policy import TierLimits
-from infermesh.limits.redis_store import RedisLimitStore, redacted
+from infermesh.limits.redis_store import RedisLimitStore
 from infermesh.limits.service import RateLimiter
 from infermesh.limits.store import LimiterUnavailable, LimitStore
 from infermesh.store.database import Database
@@ -31,10 +31,9 @@ async def check_store(settings: Settings, store: LimitStore) -> None:
     try:
         await store.ping()
     except LimiterUnavailable as exc:
-        where = redacted(settings.redis_url or "")
         raise ConfigError(
-            f"Cannot reach Redis at {where} (INFERMESH_REDIS_URL / --redis-url), which keeps "
-            f"the rate limits: {exc.detail}"
+            "Cannot reach the Redis that keeps the rate limits (INFERMESH_REDIS_URL or "
+            f"--redis-url): {exc.detail}"
         ) from None
 
 

@@ -119,6 +119,10 @@ class LimitStore(Protocol):
         """Give the slot back to every pool."""
         ...
 
+    async def finish(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> None:
+        """``adjust(draws)`` and ``release(pools, slot=slot)`` at once (one round trip)."""
+        ...
+
     async def renew(self, slots: dict[str, list[Pool]]) -> None:
         """Keep these slots (name → pools) alive for another slot lifetime."""
         ...
