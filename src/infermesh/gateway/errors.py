@@ -78,8 +78,11 @@ def _param_name(location: list[Any]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_infermesh_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_infermesh_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InfermeshError)
+        record = getattr(request.state, "record", None)
+        if record is not None:  # for the access log line
+            record.error_code = exc.code
         return render(exc)
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -49,7 +49,7 @@ class MemoryLimitStore:
                     refused_by, retry_after = draw.bucket, wait
         for pool in pools:
             full = len(self._live(pool.key, now)) >= pool.limit
-            if full and (refused_by is None or SLOT_WAIT > retry_after):
+            if full and (refused_by is None or retry_after < SLOT_WAIT):
                 refused_by, retry_after = pool, SLOT_WAIT
         if refused_by is not None:
             levels = [self._level(draw.bucket, now) for draw in draws]

@@ -48,7 +48,7 @@ _ADMIT = (
     _PRELUDE
     + """
 local n = tonumber(ARGV[1])
-local slot, ttl, eps, slot_wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local slot, ttl, eps, slot_wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tats, planned, counts = {}, {}, {}
 local refused, wait = 0, 0
 for i = 1, n do
@@ -68,8 +68,8 @@ for j = 1, #KEYS - n do
   local key = KEYS[n + j]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   counts[j] = redis.call('ZCARD', key)
-  if counts[j] >= tonumber(ARGV[pool_base + j]) and (refused == 0 or tonumber(slot_wait) > wait) then
-    refused, wait = n + j, tonumber(slot_wait)
+  if counts[j] >= tonumber(ARGV[pool_base + j]) and (refused == 0 or wait < slot_wait) then
+    refused, wait = n + j, slot_wait
   end
 end
 if refused == 0 then
