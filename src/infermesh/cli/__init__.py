@@ -8,6 +8,7 @@ from infermesh.cli.accounts import accounts_app
 from infermesh.cli.credits import credits_app
 from infermesh.cli.db import db_app
 from infermesh.cli.keys import keys_app
+from infermesh.cli.limits import limits_app
 from infermesh.cli.models import models_app
 from infermesh.cli.serve import serve
 from infermesh.cli.worker import worker
@@ -27,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(credits_app, name="credits")
+app.add_typer(limits_app, name="limits")
 
 
 def main() -> None:
