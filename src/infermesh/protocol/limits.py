@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import SerializerFunctionWrapHandler, model_serializer
 
 from infermesh.protocol.base import WireModel
 
@@ -17,6 +19,10 @@ class LimitObject(WireModel):
     remaining: int | None = None
     reset_seconds: float | None = None
     in_use: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), keep={"limit"})
 
 
 class RateLimits(WireModel):
@@ -49,3 +55,12 @@ class LimitSettingsObject(WireModel):
     set: dict[str, int | str]
     limits: dict[str, LimitObject]
     account_limits: dict[str, LimitObject] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), keep=set())
+
+
+def _drop_none(data: dict[str, Any], *, keep: set[str]) -> dict[str, Any]:
+    """``data`` without the fields that do not apply (None), except those in ``keep``."""
+    return {name: value for name, value in data.items() if value is not None or name in keep}
