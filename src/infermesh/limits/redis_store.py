@@ -2,7 +2,8 @@
 
 Each operation is one Lua script, so it is atomic on the Redis server, and it reads the
 server's clock (``TIME``), so gateways whose clocks differ still agree. The keys of one
-account share a hash tag (``{a<id>}``), so the scripts also run on Redis Cluster.
+account share a hash tag (``{a<id>}``), as Redis Cluster would need of one script's keys;
+this store itself talks to a single Redis (or a proxy in front of a cluster).
 """
 
 from __future__ import annotations
