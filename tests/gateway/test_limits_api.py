@@ -15,18 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from tests.fakes.engine import ScriptedEngine
 from tests.gateway.conftest import engine_specs
+from tests.gateway.test_admin_api import ADMIN, ADMIN_KEY, admin
 from tests.gateway.test_billing import SECRETS, Customer
 from tests.gateway.test_errors import assert_envelope
 from tests.support.gateway import RunningGateway, create_key, start_gateway
 
-ADMIN_KEY = "adm-secret"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TIER_LIMITS: dict[str, dict[str, Any]] = {
     "api-basic": {
         "requests_per_minute": 5,
@@ -63,18 +61,6 @@ def gateway(
         admin_key=ADMIN_KEY,
     ) as running:
         yield running
-
-
-def admin(
-    gateway: RunningGateway,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    headers: dict[str, str] = ADMIN,
-) -> httpx.Response:
-    with gateway.http() as http:
-        return http.request(method, path, json=json, headers=headers)
 
 
 def admin_ok(gateway: RunningGateway, method: str, path: str, json: Any = None) -> Any:

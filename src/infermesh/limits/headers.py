@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from infermesh.limits.policy import LimitName
 from infermesh.limits.store import Level, Occupancy
+
+_State = TypeVar("_State", Level, Occupancy)
 
 _SUFFIXES: dict[LimitName, str] = {
     "requests_per_minute": "requests",
@@ -23,24 +27,25 @@ def rate_limit_headers(
     both the account and the key have a limit, the headers show the tighter one.
     """
     headers: dict[str, str] = {}
-    tightest: dict[LimitName, Level] = {}
-    for name, level in levels:
-        if name not in tightest or level.remaining < tightest[name].remaining:
-            tightest[name] = level
-    for name, level in tightest.items():
+    for name, level in _tightest(levels).items():
         suffix = _SUFFIXES[name]
         headers[f"x-ratelimit-limit-{suffix}"] = str(level.bucket.limit)
         headers[f"x-ratelimit-remaining-{suffix}"] = str(level.remaining)
         headers[f"x-ratelimit-reset-{suffix}"] = readable_duration(level.reset)
-    pools: dict[LimitName, Occupancy] = {}
-    for name, used in occupancy:
-        if name not in pools or used.remaining < pools[name].remaining:
-            pools[name] = used
-    for name, used in pools.items():
+    for name, used in _tightest(occupancy).items():
         suffix = _SUFFIXES[name]
         headers[f"x-ratelimit-limit-{suffix}"] = str(used.pool.limit)
         headers[f"x-ratelimit-remaining-{suffix}"] = str(used.remaining)
     return headers
+
+
+def _tightest(states: list[tuple[LimitName, _State]]) -> dict[LimitName, _State]:
+    """Per limit name, the state with the fewest remaining."""
+    chosen: dict[LimitName, _State] = {}
+    for name, state in states:
+        if name not in chosen or state.remaining < chosen[name].remaining:
+            chosen[name] = state
+    return chosen
 
 
 def readable_duration(seconds: float) -> str:
