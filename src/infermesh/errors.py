@@ -100,6 +100,15 @@ class WorkerLost(BackendError):
     code = "worker_lost"
 
 
+class ClientDisconnected(InfermeshError):
+    """The client went away before its (non-streamed) answer was ready; the work was
+    stopped. Nobody reads this answer; the status is for the access log."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class UpstreamRejected(InfermeshError):
     """An upstream OpenAI-compatible engine refused the request as invalid (its 4xx)."""
 

@@ -330,6 +330,25 @@ def test_client_disconnect_charges_the_tokens_counted_so_far(gateway: RunningGat
     assert customer.balance() == (GRANT - expected, 0)
 
 
+def test_a_non_streamed_request_abandoned_by_its_client_stops_and_charges_so_far(
+    gateway: RunningGateway, slow_engine: ScriptedEngine
+) -> None:
+    customer = Customer.create(gateway)
+    request_id = f"abandon-{uuid.uuid4().hex[:12]}"
+    body = {"model": "metered-slow", "messages": hello(" ".join(["w"] * 80))}  # ~8 s answer
+    gone_before = slow_engine.disconnects
+    headers = {**customer.auth(), "x-request-id": request_id}
+    with customer.gateway.http() as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=body, headers=headers, timeout=1.5)
+    record = wait_for_status(customer, request_id, "cancelled")
+    assert record["error_code"] == "client_disconnected"
+    assert 0 < record["completion_tokens"] < 40  # stopped long before its 81 tokens
+    expected = token_cost(record["prompt_tokens"], record["completion_tokens"])
+    assert record["cost"]["micro_usd"] == expected > 0
+    assert customer.balance() == (GRANT - expected, 0)
+    wait_until(lambda: slow_engine.disconnects > gone_before, what="the engine told to stop")
+
+
 def test_ledger_adds_up_to_the_balance_after_a_mixed_workload(gateway: RunningGateway) -> None:
     customer = Customer.create(gateway)
     client = customer.client()

@@ -22,6 +22,7 @@ from infermesh.telemetry import RequestRecord
 logger = logging.getLogger(__name__)
 
 NO_USAGE = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+_CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -129,7 +130,8 @@ class Generation:
             return
         self._closed = True
         try:
-            await close_iterator(self._rest)
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):  # even when cancelled
+                await close_iterator(self._rest)
         finally:
             self._lease.release()
             if self.meter is not None:

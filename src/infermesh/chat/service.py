@@ -95,6 +95,7 @@ class ChatService:
         prepared = await self._prepare(request, record, principal)
         meter = prepared.meter
         tried: set[str] = set()
+        generation: Generation | None = None
         try:
             while True:
                 generation = await self._dispatch_with_failover(prepared, record, tried)
@@ -108,7 +109,11 @@ class ChatService:
                         "%s lost its worker midway (%s); retrying", record.request_id, exc.code
                     )
         except BaseException as exc:
-            await self._settle_failure(meter, exc)
+            if generation is not None and not isinstance(exc, InfermeshError):
+                generation.meter = meter  # cut short (the client left): the tokens so far
+                await meter.settle(generation.outcome())
+            else:
+                await self._settle_failure(meter, exc)
             raise
         generation.meter = meter
         charged = await meter.settle(generation.outcome())

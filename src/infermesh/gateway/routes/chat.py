@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from infermesh.chat.generation import Generation
 from infermesh.gateway.deps import PrincipalDep, RecordDep, ServicesDep
+from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
 from infermesh.protocol.chat import ChatCompletionRequest
 
@@ -53,7 +54,9 @@ async def create_chat_completion(
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     chat_request = parse_chat_request(await request.body())
     if not chat_request.stream:
-        completed = await services.chat.complete(chat_request, record, principal)
+        completed = await unless_client_leaves(
+            request, services.chat.complete(chat_request, record, principal)
+        )
         completion = completed.completion
         headers = {
             "x-infermesh-node-id": completion.metadata.node_id,
