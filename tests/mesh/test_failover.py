@@ -46,8 +46,7 @@ def mesh(
                 tmp_path / "gateway",
                 specs=[ModelSpec(id=MODEL, tier="fast")],
                 embedded_worker=False,
-                **HEARTBEAT,
-                **settings,
+                **{**HEARTBEAT, **settings},
             )
         )
         running = [
@@ -80,7 +79,10 @@ def ask(gateway: RunningGateway, index: int) -> str:
 
 
 def test_sigkill_under_load_loses_no_request(tmp_path: Path) -> None:
-    with mesh(tmp_path, workers=2, chunk_delay=0.05) as (gateway, workers):
+    # A killed worker's socket closes at once, so no heartbeat is needed to notice it; a
+    # slow heartbeat keeps the survivor from being dropped when the machine stalls.
+    slow_heartbeat = {"heartbeat_interval": 1.0, "heartbeat_misses": 5}
+    with mesh(tmp_path, workers=2, chunk_delay=0.05, **slow_heartbeat) as (gateway, workers):
         victim = workers[0]
         victim_node = victim.node_id
         with ThreadPoolExecutor(max_workers=12) as pool:
