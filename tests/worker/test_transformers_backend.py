@@ -306,9 +306,14 @@ def test_tools_are_offered_in_the_prompt(tiny_model_path: Path) -> None:
 
 
 async def test_requests_with_tools_run(tiny_backend: TransformersBackend, model: str) -> None:
-    chunks = await collect(tiny_backend, model, make_job(tools=TOOLS, max_tokens=8))
-    assert chunks[-1].finish_reason in ("length", "tool_calls")
-    assert chunks[-1].usage.completion_tokens == 8
+    with_tools = await collect(tiny_backend, model, make_job(tools=TOOLS, max_tokens=8))
+    without = await collect(tiny_backend, model, make_job(max_tokens=8))
+    # The tiny model has random weights and samples: it may end (EOS) before 8 tokens.
+    last = with_tools[-1]
+    assert last.finish_reason in ("length", "tool_calls", "stop")
+    assert 1 <= last.usage.completion_tokens <= 8
+    assert last.finish_reason != "length" or last.usage.completion_tokens == 8
+    assert last.usage.prompt_tokens > without[-1].usage.prompt_tokens  # the tools are in it
 
 
 async def feed(events: list[EngineEvent], *, parse_tools: bool) -> list[GenerationChunk]:

@@ -9,6 +9,7 @@ wait for the jobs in flight, close). Whatever ends it, the jobs still running st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -87,7 +88,10 @@ class GatewaySession:
             name=self._config.name,
             models=models,
         )
-        await self.send(hello)
+        # A gateway that refuses before reading the hello (a bad token) has closed by now,
+        # but its refusal, with the reason, is still queued to be read.
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(hello)
         try:
             message = await asyncio.wait_for(self._websocket.recv(), self._config.connect_timeout)
         except ConnectionClosed as exc:
