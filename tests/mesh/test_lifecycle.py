@@ -94,7 +94,8 @@ def test_a_silent_worker_is_declared_dead_and_comes_back(
         with capture_logs("infermesh.gateway") as logs:
             os.kill(pid, signal.SIGSTOP)
             try:
-                logs.wait_for("no heartbeat for 3 intervals", timeout=30)
+                misses = HEARTBEAT["heartbeat_misses"]
+                logs.wait_for(f"no heartbeat for {misses} intervals", timeout=30)
                 assert not model_available(mesh_gateway, "scripted")
             finally:
                 os.kill(pid, signal.SIGCONT)
