@@ -111,7 +111,10 @@ class PrivateRedis:
 
 @contextmanager
 def private_redis() -> Iterator[PrivateRedis]:
-    """A redis-server on a free port for the ``with`` block (killed at the end)."""
+    """A redis-server on a free port for the ``with`` block (killed at the end); skipped
+    like the other Redis tests with ``INFERMESH_SKIP_REDIS=1``."""
+    if os.environ.get(SKIP_ENV, "") == "1":
+        pytest.skip(f"Redis tests skipped: {SKIP_ENV}=1")
     server = PrivateRedis(free_port())
     server.start()
     try:
