@@ -8,7 +8,6 @@ import os
 from typing import Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -20,8 +19,6 @@ from infermesh.catalog.store import CatalogFile
 from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, make_settings
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
-from infermesh.gateway.app import create_app
-from infermesh.limits.setup import check_store, limit_store
 from infermesh.store.database import Database
 from infermesh.telemetry import configure_logging
 
@@ -56,6 +53,8 @@ async def _check_redis(settings: Settings) -> None:
     """Fail now, with a clear message, if the configured Redis does not answer."""
     if not settings.redis_url:
         return
+    from infermesh.limits.setup import check_store, limit_store  # only serve needs Redis
+
     store = limit_store(settings)
     try:
         await check_store(settings, store)
@@ -105,6 +104,11 @@ def serve(
         raise typer.Exit(1) from None
     first_key = asyncio.run(_prepare(settings))
     _print_welcome(settings, first_key, [spec.id for spec in catalog.load()])
+    # Imported here so that the other commands start without the web stack.
+    import uvicorn
+
+    from infermesh.gateway.app import create_app
+
     app = create_app(settings, secrets=dict(os.environ))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
