@@ -61,6 +61,13 @@ class Outcome:
     finish_reason: str | None = None
     error_code: str | None = None
 
+    @property
+    def served(self) -> bool:
+        """Whether the request is paid for (and counts against rate limits): not if it
+        failed, nor if it was cut short before any token was counted (the client left
+        while it was being dispatched)."""
+        return self.status != "failed" and self.usage is not None
+
 
 class BillingService:
     """Checks tiers, holds the largest possible cost, and settles the real one."""
@@ -121,10 +128,7 @@ class BillingService:
         """Charge what ``outcome`` used (nothing if it failed), release the rest, pay the
         operator their share; record the usage. Safe to call twice."""
         usage = outcome.usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        # A failed request costs nothing; so does one cut short before any token was
-        # counted (the client left while it was being dispatched).
-        served = outcome.status != "failed" and outcome.usage is not None
-        cost = charge.cost(usage) if served else 0
+        cost = charge.cost(usage) if outcome.served else 0
         earning = None
         if outcome.operator is not None and self._share_bps:
             earning = Earning(outcome.operator.account_id, self._share_bps)

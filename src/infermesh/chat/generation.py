@@ -180,9 +180,8 @@ class Generation:
 
 
 def counted_tokens(outcome: Outcome) -> int:
-    """The tokens a request counts against its limits: as billed, so nothing for a
-    request that failed."""
-    if outcome.status == "failed" or outcome.usage is None:
+    """The tokens a request counts against its limits: those it is billed for."""
+    if not outcome.served or outcome.usage is None:
         return 0
     return outcome.usage.prompt_tokens + outcome.usage.completion_tokens
 

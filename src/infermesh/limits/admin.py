@@ -58,17 +58,12 @@ class LimitAdmin:
 
     async def update(self, scope: Scope, subject: str, changes: LimitSettings) -> LimitsView:
         """Apply ``changes`` (the fields named; null clears one) to the subject."""
-        await self.show(scope, subject)  # the subject must exist
         stored_as = await self._stored_subject(scope, subject)
         await self._book.update(scope, stored_as, changes)
         return await self.show(scope, subject)
 
     async def _tier_view(self, tier: str) -> LimitsView:
-        if tier not in self._known_tiers:
-            raise NotFound(
-                f"Unknown tier '{tier}'; the tiers are {', '.join(sorted(self._known_tiers))}.",
-                param="tier",
-            )
+        self._check_tier(tier)
         stored = await self._book.get("tier", tier)
         settings = self._book.tier_settings(tier, stored)
         limits = {name: Limit(name, _value(settings, name), "tier") for name in LIMIT_NAMES}
@@ -90,9 +85,20 @@ class LimitAdmin:
         )
 
     async def _stored_subject(self, scope: Scope, subject: str) -> str:
+        """What the subject is stored as (an account by its id); NotFound if it is none."""
+        if scope == "tier":
+            self._check_tier(subject)
+            return subject
         if scope == "account":
             return str((await self._accounts.get_account(subject)).id)
-        return subject
+        return (await self._accounts.get_key(subject)).id
+
+    def _check_tier(self, tier: str) -> None:
+        if tier not in self._known_tiers:
+            raise NotFound(
+                f"Unknown tier '{tier}'; the tiers are {', '.join(sorted(self._known_tiers))}.",
+                param="tier",
+            )
 
 
 def _value(settings: LimitSettings, name: LimitName) -> int | None:

@@ -145,7 +145,7 @@ class TierLimits:
         for tier, limits in (configured or {}).items():
             try:
                 changes = LimitSettings.model_validate(limits)
-            except (ValidationError, TypeError) as exc:
+            except ValidationError as exc:
                 raise ConfigError(
                     f"INFERMESH_TIER_LIMITS: tier '{tier}': {describe_error(exc)}"
                 ) from None
@@ -167,9 +167,7 @@ def parse_settings(data: Mapping[str, Any]) -> LimitSettings:
         raise ValueError(describe_error(exc)) from None
 
 
-def describe_error(exc: ValidationError | TypeError) -> str:
-    if isinstance(exc, TypeError):
-        return "limits must be an object of limit names and values"
+def describe_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     if first.get("type") in {"model_type", "model_attributes_type", "dict_type"}:
         return "limits must be an object of limit names and values"

@@ -90,20 +90,8 @@ return {refused == 0 and 1 or 0, exact(now), tats, counts, refused, exact(wait)}
 """
 )
 
-# KEYS: buckets. ARGV: (limit, window, cost) per bucket.
-_ADJUST = (
-    _PRELUDE
-    + """
-for i = 1, #KEYS do
-  local limit, window, cost = tonumber(ARGV[i * 3 - 2]), tonumber(ARGV[i * 3 - 1]),
-    tonumber(ARGV[i * 3])
-  keep(KEYS[i], math.max(tat_of(KEYS[i]) + cost * window / limit, now))
-end
-return 1
-"""
-)
-
-# KEYS: n buckets, then pools. ARGV: n, slot, (limit, window, cost) per bucket.
+# Draws (or gives back) after the fact and releases a slot; adjust and release are its
+# halves. KEYS: n buckets, then pools. ARGV: n, slot, (limit, window, cost) per bucket.
 _FINISH = (
     _PRELUDE
     + """
@@ -165,7 +153,6 @@ class RedisLimitStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
         )
         self._admit = self._redis.register_script(_ADMIT)
-        self._adjust = self._redis.register_script(_ADJUST)
         self._renew = self._redis.register_script(_RENEW)
         self._finish = self._redis.register_script(_FINISH)
         self._inspect = self._redis.register_script(_INSPECT)
@@ -173,9 +160,7 @@ class RedisLimitStore:
     async def admit(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> Verdict:
         keys = [draw.bucket.key for draw in draws] + [pool.key for pool in pools]
         args: list[Any] = [len(draws), slot, self._slot_ttl, EPSILON, SLOT_WAIT]
-        for draw in draws:
-            args += [draw.bucket.limit, draw.bucket.window, draw.cost]
-        args += [pool.limit for pool in pools]
+        args += [*_bucket_args(draws), *(pool.limit for pool in pools)]
         admitted, now, tats, counts, refused, wait = await self._run(self._admit, keys, args)
         buckets = [draw.bucket for draw in draws]
         levels = _levels(buckets, tats, float(now))
@@ -186,32 +171,16 @@ class RedisLimitStore:
         return Verdict(False, levels, occupancy, limits[int(refused) - 1], float(wait))
 
     async def adjust(self, draws: list[Draw]) -> None:
-        if not draws:
-            return
-        args: list[Any] = []
-        for draw in draws:
-            args += [draw.bucket.limit, draw.bucket.window, draw.cost]
-        await self._run(self._adjust, [draw.bucket.key for draw in draws], args)
+        await self.finish(draws, [], slot="")
 
     async def release(self, pools: list[Pool], *, slot: str) -> None:
-        if not pools:
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for pool in pools:
-                    pipe.zrem(pool.key, slot)
-                await pipe.execute()
-        except RedisError as exc:
-            raise self._unavailable(exc) from None
+        await self.finish([], pools, slot=slot)
 
     async def finish(self, draws: list[Draw], pools: list[Pool], *, slot: str) -> None:
         if not draws and not pools:
             return
         keys = [draw.bucket.key for draw in draws] + [pool.key for pool in pools]
-        args: list[Any] = [len(draws), slot]
-        for draw in draws:
-            args += [draw.bucket.limit, draw.bucket.window, draw.cost]
-        await self._run(self._finish, keys, args)
+        await self._run(self._finish, keys, [len(draws), slot, *_bucket_args(draws)])
 
     async def renew(self, slots: dict[str, list[Pool]]) -> None:
         keys = [pool.key for pools in slots.values() for pool in pools]
@@ -246,6 +215,11 @@ class RedisLimitStore:
         return LimiterUnavailable.because(
             f"Redis at {redacted(self._url)}: {type(exc).__name__}: {exc}"
         )
+
+
+def _bucket_args(draws: list[Draw]) -> list[Any]:
+    """(limit, window, cost) of each draw, as the scripts take them."""
+    return [value for draw in draws for value in (draw.bucket.limit, draw.bucket.window, draw.cost)]
 
 
 def _levels(buckets: list[Bucket], tats: list[str], now: float) -> list[Level]:
