@@ -260,7 +260,7 @@ def test_a_key_limit_above_its_account_s_gets_a_note(cli: Cli) -> None:
         "tokens_per_minute": 10,
         "concurrent_requests": "unlimited",
     }
-    assert shown["limits"]["concurrent_requests"] == {"source": "key"}
+    assert shown["limits"]["concurrent_requests"] == {"limit": None, "source": "key"}
 
 
 def test_bad_values_are_refused_and_set_nothing(cli: Cli) -> None:

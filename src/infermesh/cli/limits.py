@@ -146,7 +146,7 @@ def _number(value: int | str | None, *, missing: str) -> str:
 
 
 def _view_json(view: LimitsView) -> dict[str, Any]:
-    return view.wire().model_dump(exclude_none=True)
+    return view.wire().model_dump()  # as the admin API answers: unlimited is "limit": null
 
 
 def _tiers_table(views: list[LimitsView]) -> Table:
