@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     heartbeat_misses: int = Field(default=3, ge=1)
     queue_timeout: float = Field(default=5.0, ge=0, description="wait for a free worker slot")
     max_attempts: int = Field(default=3, ge=1, description="workers tried per request")
+    first_token_timeout: float = Field(
+        default=120.0, gt=0, description="seconds a worker has to send a job's first token"
+    )
+    chunk_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a worker may go silent in the middle of a job"
+    )
+    request_timeout: float = Field(
+        default=900.0, gt=0, description="seconds one job may run on a worker in all"
+    )
     credit_usd: str = Field(default="0.01", description="what one display credit is worth")
     operator_share: float = Field(
         default=0.8, ge=0, le=1, description="share of each charge credited to the operator"
@@ -47,6 +56,12 @@ class Settings(BaseSettings):
         default="1", description="USD granted to the first account that `serve` creates"
     )
     admin_key: str | None = Field(default=None, description="key for the /admin API")
+    admin_lockout_failures: int = Field(
+        default=10, ge=1, description="wrong admin keys from one address that lock it out"
+    )
+    admin_lockout_window: float = Field(
+        default=60.0, gt=0, description="seconds over which wrong admin keys are counted"
+    )
     tier_access: dict[str, list[str]] | None = Field(
         default=None, description='account tier → model tiers, e.g. {"free": ["fast"]}'
     )

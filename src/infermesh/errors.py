@@ -100,6 +100,26 @@ class WorkerLost(BackendError):
     code = "worker_lost"
 
 
+class WorkerFailed(BackendError):
+    """The worker reported that it could not run the job (an ``error`` frame). The
+    request may be retried elsewhere; what the worker said goes no further."""
+
+    code = "worker_error"
+
+
+class WorkerTimeout(WorkerLost):
+    """The worker missed a deadline: no first token, a silence mid-job, or a job that
+    ran past the whole request's time."""
+
+    code = "worker_timeout"
+
+
+class WorkerMisbehaved(WorkerLost):
+    """The worker broke the protocol on this job (e.g. sent more than it may)."""
+
+    code = "worker_misbehaved"
+
+
 class ClientDisconnected(InfermeshError):
     """The client went away before its (non-streamed) answer was ready; the work was
     stopped. Nobody reads this answer; the status is for the access log."""

@@ -1,18 +1,27 @@
 """Metrics (Prometheus) and the per-request record behind the one access-log line.
 
-Only counts, ids and timings are recorded here: never message content.
+Only counts, ids and timings are recorded here: never message content. Some fields
+come from the client (the path, the method): the access line bounds their length and
+escapes them, so that no request can forge a log line or a field.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 access_logger_name = "infermesh.access"
+MAX_LOGGED_CHARS = 256
+"""The most characters of one string field an access line holds (a longer one is cut)."""
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+_BARE = re.compile(r"^[^\s\"\\=]+$")
 
 
 @dataclass
@@ -88,9 +97,15 @@ class Metrics:
 
 
 def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
-    """The one log line of a request. Built from ids and counts only."""
+    """The one log line of a request. Built from ids and counts only.
+
+    Strings are cut to :data:`MAX_LOGGED_CHARS`. As JSON, one object (JSON escapes
+    control characters itself); as text, ``key=value`` pairs in the logfmt style: a
+    value with a space, a quote, a backslash, an ``=`` or a character that is not
+    printable is written in double quotes with backslash escapes (``\\n``, ``\\x1b``).
+    """
     fields = {
-        key: value
+        key: _bounded(value)
         for key, value in asdict(record).items()
         if value is not None and key != "response_headers"
     }
@@ -99,7 +114,46 @@ def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
         fields["time_to_first_token_ms"] = round(record.time_to_first_token_ms, 1)
     if as_json:
         return json.dumps(fields, separators=(",", ":"))
-    return " ".join(f"{key}={value}" for key, value in fields.items())
+    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LOGGED_CHARS:
+        return value[:MAX_LOGGED_CHARS] + "..."
+    return value
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if _BARE.match(text) and text.isprintable():
+        return text
+    return '"' + "".join(_escaped_char(char) for char in text) + '"'
+
+
+def _escaped_char(char: str) -> str:
+    """``char`` as it may stand in a quoted log value: printable, on one line."""
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    if char.isprintable():
+        return char
+    return _code_escape(char)
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, escape codes,
+    Unicode line separators) written as a Python-style escape; the rest is kept."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _code_escape(char) for char in text)
+
+
+def _code_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
@@ -108,11 +162,20 @@ def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("infermesh")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class _TextFormatter(logging.Formatter):
+    """One line a message: control characters in a message are escaped (a traceback
+    after it keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -7,18 +7,24 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from typer.testing import CliRunner
 
-from infermesh.accounts.workers import WorkerTokenService
+from infermesh.accounts.workers import WorkerScope, WorkerTokenService
 from infermesh.cli.workers import workers_app
 from infermesh.store import Database
 from tests.support.postgres import require_postgres, temporary_postgres_database
 from tests.support.processes import infermesh
 
 T = TypeVar("T")
+
+VIEW_FIELDS = {
+    "id", "name", "operator", "prefix", "status", "node_id", "models", "max_connections",
+    "max_slots", "allowed_models", "jobs_served", "jobs_failed", "created_at", "revoked_at",
+    "last_seen_at",
+}  # fmt: skip
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -40,16 +46,18 @@ def with_workers(data_dir: Path, action: Callable[[WorkerTokenService], Awaitabl
     return asyncio.run(run())
 
 
-def create_json(data_dir: Path, *options: str) -> dict[str, str]:
+def create_json(data_dir: Path, *options: str) -> dict[str, Any]:
     code, out, err = invoke("token", "create", "--json", "--data-dir", str(data_dir), *options)
     assert code == 0, err
-    created: dict[str, str] = json.loads(out)
+    created: dict[str, Any] = json.loads(out)
     return created
 
 
 def test_token_create_json(tmp_path: Path, clean_env: dict[str, str]) -> None:
     created = create_json(tmp_path, "--name", "rig-1", "--operator", "gpu-co")
-    assert set(created) == {"token", "id", "name", "operator"}
+    assert set(created) == {"token", *VIEW_FIELDS}
+    assert (created["max_connections"], created["max_slots"]) == (2, 64)
+    assert created["allowed_models"] is None
     assert created["token"].startswith("wt-im-")
     assert (created["name"], created["operator"]) == ("rig-1", "gpu-co")
     identity = with_workers(tmp_path, lambda service: service.authenticate(created["token"]))
@@ -61,6 +69,7 @@ def test_token_create_shows_the_token_once(tmp_path: Path, clean_env: dict[str, 
     code, out, _ = invoke("token", "create", "--name", "rig-1", "--data-dir", str(tmp_path))
     assert code == 0
     assert "wt-im-" in out and "will not be shown again" in out and "default" in out
+    assert "up to 2 connections · 64 job slots each · models: any" in out
 
 
 def test_token_create_needs_a_valid_name(tmp_path: Path, clean_env: dict[str, str]) -> None:
@@ -115,7 +124,7 @@ def test_the_real_command_line(tmp_path: Path, clean_env: dict[str, str]) -> Non
     run = infermesh("workers", "token", "create", "--name", "rig-1", "--json", *data, env=clean_env)
     assert run.returncode == 0, run.stderr
     created = json.loads(run.stdout)
-    assert set(created) == {"token", "id", "name", "operator"}
+    assert set(created) == {"token", *VIEW_FIELDS}
     assert created["token"].startswith("wt-im-") and created["operator"] == "default"
 
     listing = infermesh("workers", "list", "--json", *data, env=clean_env)
@@ -168,3 +177,65 @@ async def test_the_real_command_line_on_postgres(clean_env: dict[str, str]) -> N
         finally:
             await db.dispose()
         assert identity is not None and identity.operator_name == "pg"
+
+
+def test_token_scope_round_trips(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    scope = ["--max-connections", "3", "--max-slots", "16", "--models", " raw, tiny,,raw "]
+    created = create_json(tmp_path, "--name", "scoped", *scope)
+    shown = {"max_connections": 3, "max_slots": 16, "allowed_models": ["raw", "tiny"]}
+    assert {field: created[field] for field in shown} == shown
+    identity = with_workers(tmp_path, lambda service: service.authenticate(created["token"]))
+    assert identity is not None
+    assert identity.scope == WorkerScope(3, 16, ("raw", "tiny"))
+
+    view = {field: value for field, value in created.items() if field != "token"}
+    assert json.loads(invoke("list", "--json", *data)[1]) == [view]
+    code, out, _ = invoke("show", created["id"], "--json", *data)
+    assert code == 0 and json.loads(out) == view
+    code, out, _ = invoke("show", created["id"], *data)
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert (rows["max_connections"], rows["max_slots"]) == (["3"], ["16"])
+    assert rows["allowed_models"] == ["raw,", "tiny"] and rows["models"] == ["-"]
+    assert created["token"][12:] not in out
+    code, out, _ = invoke("list", *data)
+    assert code == 0 and "raw, tiny" in out and "16" in out
+
+
+def test_the_default_scope_shows_as_any(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    created = create_json(tmp_path, "--name", "open")
+    code, out, _ = invoke("show", created["id"], *data)
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert (rows["allowed_models"], rows["max_slots"], rows["status"]) == (
+        ["any"],
+        ["64"],
+        ["offline"],
+    )
+    code, out, _ = invoke("list", *data)
+    assert code == 0 and "any" in out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-connections", "0"], "max_connections"),
+        (["--max-slots", "0"], "max_slots"),
+        (["--max-slots", "1000001"], "max_slots"),
+        (["--models", " , "], "allowed_models"),
+    ],
+)
+def test_token_create_refuses_a_bad_scope(
+    tmp_path: Path, clean_env: dict[str, str], options: list[str], message: str
+) -> None:
+    args = ["token", "create", "--name", "rig-1", "--data-dir", str(tmp_path), *options]
+    code, out, err = invoke(*args)
+    assert code == 1 and out == "" and message in err
+    assert json.loads(invoke("list", "--json", "--data-dir", str(tmp_path))[1]) == []
+
+
+def test_show_an_unknown_worker(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    code, out, err = invoke("show", "wrk_0123456789abcdef", "--data-dir", str(tmp_path))
+    assert code == 1 and out == "" and "No worker" in err

@@ -4,22 +4,25 @@ WebSocket "workers", and log capture."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from infermesh.accounts.workers import CreatedWorkerToken, WorkerTokenService
 from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import default_models
 from infermesh.config import Settings
 from infermesh.protocol.models import Capabilities
+from infermesh.protocol.wire import PROTOCOL_VERSION
 from infermesh.store.database import Database
 from tests.fakes.engine import ScriptedEngine
 from tests.support.gateway import RunningGateway
@@ -196,3 +199,65 @@ def capture_logs(name: str = "infermesh") -> Iterator[LogCapture]:
     finally:
         logger.removeHandler(capture)
         logger.setLevel(previous)
+
+
+JSON = dict[str, Any]
+
+
+class RawWorker:
+    """A hand-written worker: says hello, beats its heart, and sends what it is told."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self.websocket = websocket
+        self.welcome: JSON = {}
+
+    async def hello(self, model: str = "raw", *, concurrency: int = 2) -> JSON:
+        hello = {
+            "type": "hello",
+            "protocol_version": PROTOCOL_VERSION,
+            "worker_version": "raw",
+            "models": [{"id": model, "concurrency": concurrency}],
+        }
+        await self.websocket.send(json.dumps(hello))
+        self.welcome = json.loads(await self.websocket.recv())
+        assert self.welcome["type"] == "welcome", self.welcome
+        return self.welcome
+
+    async def send(self, frame: JSON | str | bytes) -> None:
+        await self.websocket.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+
+    async def next_job(self) -> JSON:
+        while True:
+            frame = json.loads(await self.websocket.recv())
+            if frame["type"] == "job":
+                job: JSON = frame["job"]
+                return job
+
+    async def closed(self) -> tuple[int | None, str | None]:
+        """The close code and reason, once the gateway has closed the connection."""
+        with suppress(ConnectionClosed):
+            while True:
+                await self.websocket.recv()
+        return self.websocket.close_code, self.websocket.close_reason
+
+    async def heartbeat(self) -> None:
+        with suppress(ConnectionClosed):
+            while True:
+                await self.send({"type": "heartbeat"})
+                await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def connected(
+    gateway: RunningGateway, name: str, *, model: str = "raw", concurrency: int = 2
+) -> AsyncIterator[RawWorker]:
+    """A raw worker, welcomed for ``model`` and beating its heart, for the block."""
+    token = await create_worker_token(gateway.settings, name)
+    async with raw_worker(gateway, token.token) as websocket:
+        worker = RawWorker(websocket)
+        await worker.hello(model, concurrency=concurrency)
+        beating = asyncio.create_task(worker.heartbeat())
+        try:
+            yield worker
+        finally:
+            beating.cancel()

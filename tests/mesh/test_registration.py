@@ -6,6 +6,7 @@ the ``openai`` SDK.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from infermesh.accounts.workers import CreatedWorkerToken, WorkerScope, WorkerTokenService
+from infermesh.gateway.routes.workers import NOT_ALLOWED
 from infermesh.protocol.wire import PROTOCOL_VERSION
+from infermesh.store import Database
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.mesh.helpers import (
     create_worker_token,
@@ -162,6 +166,44 @@ def test_models_outside_the_catalog_are_refused_with_a_reason(
         assert worker.wait_exit() != 0
         line = worker.process.wait_for_line("refused by the gateway (no_known_models)")
         assert "not-in-catalog" in line
+
+
+def scoped_token(gateway: RunningGateway, name: str, scope: WorkerScope) -> CreatedWorkerToken:
+    async def create() -> CreatedWorkerToken:
+        database = Database.from_settings(gateway.settings)
+        try:
+            return await WorkerTokenService(database).create(name, scope=scope)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(create())
+
+
+def test_a_token_serves_only_its_models_with_at_most_its_slots(
+    mesh_gateway: RunningGateway, engine: ScriptedEngine, worker_dir: Path
+) -> None:
+    token = scoped_token(mesh_gateway, "scoped", WorkerScope(max_slots=3, allowed_models=("raw",)))
+    options = openai_worker(engine, "scripted", "raw", concurrency=50)
+    with run_worker(mesh_gateway, *options, token=token, data_dir=worker_dir) as worker:
+        worker.process.wait_for_line(f"model scripted refused: {NOT_ALLOWED}")
+        assert model_available(mesh_gateway, "raw")
+        assert not model_available(mesh_gateway, "scripted")
+        response = mesh_gateway.client().chat.completions.create(model="raw", messages=HELLO)
+        assert response.choices[0].message.content == "echo: hello mesh"
+        (remote,) = [
+            entry
+            for entry in mesh_gateway.app.state.services.registry.workers()
+            if entry.node_id == worker.node_id
+        ]
+        assert remote.capacity("raw") == 3
+
+    only_other = openai_worker(engine, "scripted")
+    with run_worker(
+        mesh_gateway, *only_other, token=token, data_dir=worker_dir, registered=False
+    ) as worker:
+        assert worker.wait_exit() != 0
+        line = worker.process.wait_for_line("refused by the gateway (no_known_models)")
+        assert NOT_ALLOWED in line
 
 
 async def test_an_old_protocol_version_is_refused_clearly(mesh_gateway: RunningGateway) -> None:

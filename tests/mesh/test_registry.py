@@ -12,6 +12,7 @@ from infermesh.catalog.spec import ModelSpec, ServeSpec
 from infermesh.errors import NoWorkerAvailable
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
+from infermesh.mesh.worker import JobTerms
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.protocol.generation import GenerationJob
 from infermesh.worker.host import HostOptions, ModelHost
@@ -50,7 +51,7 @@ def job(text: str = "a b c d e f g h") -> GenerationJob:
 async def run_lease(registry: WorkerRegistry, **acquire: object) -> str:
     lease = await registry.acquire("m", **acquire)  # type: ignore[arg-type]
     try:
-        async for chunk in lease.worker.generate(job()):
+        async for chunk in lease.worker.generate(job(), JobTerms(64, on_end=lease.end_slot)):
             lease.first_token()
             if chunk.finish_reason:
                 lease.succeeded(chunk.usage.completion_tokens if chunk.usage else 0)
@@ -107,6 +108,43 @@ async def test_waiters_are_served_in_arrival_order(hosts: list[ModelHost]) -> No
     held.release()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_waiter_that_gives_up_leaves_no_slot_behind(hosts: list[ModelHost]) -> None:
+    """Clients with short timeouts cancel their wait; a lease handed to a cancelled
+    waiter must come back, or the model answers workers_busy for ever."""
+    registry = WorkerRegistry(queue_timeout=30)
+    registry.add(InProcessWorker(hosts[0], node_id="a", capacity=1))
+    held = await registry.acquire("m")
+    waiters = [asyncio.create_task(registry.acquire("m")) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert registry.waiting() == 3
+    for waiter in waiters:
+        waiter.cancel()
+    held.release()  # wakes the queue while the cancellations are being delivered
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    assert registry.waiting() == 0
+    assert registry.in_flight("a") == 0
+    lease = await asyncio.wait_for(registry.acquire("m"), timeout=5)
+    assert lease.worker.node_id == "a"
+    lease.release()
+    assert registry.in_flight() == 0
+
+
+async def test_a_slot_ends_when_the_worker_is_done_not_when_the_client_has_read(
+    hosts: list[ModelHost],
+) -> None:
+    registry = WorkerRegistry(queue_timeout=30)
+    registry.add(InProcessWorker(hosts[0], node_id="a", capacity=1))
+    lease = await registry.acquire("m")
+    lease.end_slot()
+    assert registry.in_flight("a") == 0
+    second = await asyncio.wait_for(registry.acquire("m"), timeout=5)
+    lease.release()  # recording the first job's outcome frees nothing twice
+    assert registry.in_flight("a") == 1
+    second.release()
+    assert registry.in_flight("a") == 0
 
 
 async def test_waiters_fail_fast_when_the_last_worker_leaves(hosts: list[ModelHost]) -> None:

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, MetaData, inspect, select
+from sqlalchemy import Connection, MetaData, inspect, select, text
 
 from infermesh.accounts import AccountService
 from infermesh.accounts.keys import hash_key
-from infermesh.accounts.workers import WorkerIdentity, WorkerTokenService
+from infermesh.accounts.workers import WorkerIdentity, WorkerScope, WorkerTokenService
 from infermesh.errors import InvalidRequest, NotFound
-from infermesh.store import Account, Database, head_revision
+from infermesh.store import Account, Database, UsageEntry, head_revision
 from infermesh.store.database import migrations_config
 from tests.support.clock import Clock
 
 INITIAL_REVISION = "0001_initial"
+BEFORE_SCOPES = "0004_rate_limits"
+HUGE = 2**40
 
 
 @pytest.fixture
@@ -76,6 +78,7 @@ async def test_create_returns_the_token_once(service: WorkerTokenService, clock:
     assert (record.revoked_at, record.last_seen_at, record.node_id) == (None, None, None)
     assert (record.online, record.status, record.models) == (False, "offline", ())
     assert (record.jobs_served, record.jobs_failed) == (0, 0)
+    assert record.scope == WorkerScope(max_connections=2, max_slots=64, allowed_models=None)
     assert await service.get(record.id) == record
 
 
@@ -283,3 +286,150 @@ async def test_downgrade_to_0001_drops_only_workers(database: Database) -> None:
     assert await AccountService(database).authenticate(key.key) is not None
     assert await database.migrate() == head_revision()
     assert await WorkerTokenService(database).list() == []
+
+
+# --- scopes ----------------------------------------------------------------------------
+
+
+async def test_a_token_carries_its_scope(service: WorkerTokenService) -> None:
+    scope = WorkerScope(max_connections=5, max_slots=300, allowed_models=(" raw", "tiny", "raw"))
+    created = await service.create("rig-1", scope=scope)
+    expected = WorkerScope(max_connections=5, max_slots=300, allowed_models=("raw", "tiny"))
+    assert created.record.scope == expected
+    assert (await service.get(created.record.id)).scope == expected
+    assert [record.scope for record in await service.list()] == [expected]
+    identity = await service.authenticate(created.token)
+    assert identity is not None and identity.scope == expected
+    default = await service.create("rig-2")
+    identity = await service.authenticate(default.token)
+    assert identity is not None and identity.scope == WorkerScope()
+
+
+@pytest.mark.parametrize(
+    ("scope", "param"),
+    [
+        (WorkerScope(max_connections=0), "max_connections"),
+        (WorkerScope(max_connections=10_001), "max_connections"),
+        (WorkerScope(max_slots=0), "max_slots"),
+        (WorkerScope(max_slots=1_000_001), "max_slots"),
+        (WorkerScope(allowed_models=()), "allowed_models"),
+        (WorkerScope(allowed_models=("raw", " ")), "allowed_models"),
+        (WorkerScope(allowed_models=("m" * 201,)), "allowed_models"),
+        (WorkerScope(allowed_models=tuple(f"m{i}" for i in range(257))), "allowed_models"),
+    ],
+)
+async def test_invalid_scopes_are_refused(
+    service: WorkerTokenService, scope: WorkerScope, param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        await service.create("rig-1", scope=scope)
+    assert raised.value.param == param
+    assert await service.list() == []
+
+
+async def test_allowed_models_null_means_any(
+    service: WorkerTokenService, database: Database
+) -> None:
+    await service.create("any", scope=WorkerScope(allowed_models=None))
+    await service.create("some", scope=WorkerScope(allowed_models=("raw",)))
+    async with database.session(read_only=True) as session:
+        rows = await session.execute(text("SELECT name, allowed_models FROM workers"))
+        stored = {name: allowed for name, allowed in rows}
+    assert stored["any"] is None  # SQL NULL, not the JSON text 'null'
+    assert stored["some"] is not None
+
+
+# --- 64-bit counts and the 0005 migration ---------------------------------------------
+
+
+def _usage(record_id: str, account_id: int, *, tokens: int) -> UsageEntry:
+    return UsageEntry(
+        id=record_id,
+        account_id=account_id,
+        request_id=f"req-{record_id}",
+        model="tiny",
+        status="ok",
+        prompt_tokens=tokens,
+        completion_tokens=tokens + 1,
+        latency_ms=tokens + 2,
+    )
+
+
+async def _read_usage(database: Database, record_id: str) -> tuple[int, int, int]:
+    async with database.session(read_only=True) as session:
+        entry = await session.get(UsageEntry, record_id)
+    assert entry is not None
+    return entry.prompt_tokens, entry.completion_tokens, entry.latency_ms
+
+
+async def test_counts_are_64_bit(service: WorkerTokenService, database: Database) -> None:
+    account = await AccountService(database).create_account("big-user")
+    async with database.session() as session, session.begin():
+        session.add(_usage("u-huge", account.id, tokens=HUGE))
+    assert await _read_usage(database, "u-huge") == (HUGE, HUGE + 1, HUGE + 2)
+    worker_id = (await service.create("rig-1")).record.id
+    await service.add_served(worker_id, served=HUGE, failed=HUGE + 1)
+    await service.add_served(worker_id, served=1)
+    record = await service.get(worker_id)
+    assert (record.jobs_served, record.jobs_failed) == (HUGE + 1, HUGE + 1)
+
+
+async def _insert_old_rows(database: Database) -> None:
+    """An account, a worker and a usage record as revision 0004 stored them."""
+    async with database.engine.begin() as connection:
+        await connection.execute(text("INSERT INTO accounts (id, name) VALUES (1, 'old-co')"))
+        await connection.execute(
+            text(
+                "INSERT INTO workers (id, name, operator_account_id, token_hash, prefix,"
+                " online, models, jobs_served, jobs_failed)"
+                " VALUES ('wrk_0000000000000001', 'old-rig', 1, :hash, 'wt-im-old', "
+                " false, '[\"tiny\"]', 7, 2)"
+            ),
+            {"hash": "0" * 64},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO usage_records (id, account_id, request_id, model, stream, status,"
+                " prompt_tokens, completion_tokens, cost, operator_earning, latency_ms,"
+                " created_at)"
+                " VALUES ('u-old', 1, 'req-old', 'tiny', false, 'ok', 11, 12, 5, 1, 13,"
+                " CURRENT_TIMESTAMP)"
+            )
+        )
+
+
+async def test_upgrade_to_0005_keeps_the_data(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        await _run_migration(database, "upgrade", BEFORE_SCOPES)
+        await _insert_old_rows(database)
+        assert await database.migrate() == head_revision()
+        service = WorkerTokenService(database)
+        old = await service.get("wrk_0000000000000001")
+        assert (old.name, old.operator, old.models) == ("old-rig", "old-co", ("tiny",))
+        assert (old.jobs_served, old.jobs_failed) == (7, 2)
+        assert old.scope == WorkerScope(max_connections=2, max_slots=64, allowed_models=None)
+        assert await _read_usage(database, "u-old") == (11, 12, 13)
+        async with database.session() as session, session.begin():
+            session.add(_usage("u-huge", 1, tokens=HUGE))
+        assert await _read_usage(database, "u-huge") == (HUGE, HUGE + 1, HUGE + 2)
+        await service.add_served(old.id, served=HUGE)
+        assert (await service.get(old.id)).jobs_served == HUGE + 7
+    finally:
+        await database.dispose()
+
+
+async def test_downgrade_from_0005_drops_the_scope(database: Database) -> None:
+    service = WorkerTokenService(database)
+    created = await service.create("rig-1", scope=WorkerScope(3, 9, ("raw",)))
+    await service.add_served(created.record.id, served=4)
+    await _run_migration(database, "downgrade", BEFORE_SCOPES)
+    async with database.engine.connect() as connection:
+        columns = await connection.run_sync(
+            lambda sync: {column["name"] for column in inspect(sync).get_columns("workers")}
+        )
+    assert not {"max_connections", "max_slots", "allowed_models"} & columns
+    assert {"jobs_served", "models"} <= columns
+    assert await database.migrate() == head_revision()
+    record = await service.get(created.record.id)
+    assert (record.jobs_served, record.scope) == (4, WorkerScope())

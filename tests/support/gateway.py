@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets as secrets_module
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -107,3 +108,28 @@ def start_gateway(
         if wait_for:
             wait_until_available(base_url, wait_for)
         yield RunningGateway(base_url=base_url, key=key, settings=settings, app=app)
+
+
+@contextmanager
+def start_gateway_on(backend: str, data_dir: Path, **options: Any) -> Iterator[RunningGateway]:
+    """:func:`start_gateway` on SQLite (``backend`` "sqlite") or on a throwaway
+    PostgreSQL database ("postgres", dropped afterwards)."""
+    if backend == "sqlite":
+        with start_gateway(data_dir, **options) as gateway:
+            yield gateway
+        return
+    from tests.support.postgres import (
+        DATABASE_PREFIX,
+        create_database,
+        drop_database,
+        require_postgres,
+    )
+
+    require_postgres()
+    name = DATABASE_PREFIX + secrets_module.token_hex(6)
+    database_url = asyncio.run(create_database(name))
+    try:
+        with start_gateway(data_dir, database_url=database_url, **options) as gateway:
+            yield gateway
+    finally:
+        asyncio.run(drop_database(name))

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from infermesh.worker.toolcalls import ToolCallStream, held_back_suffix, parse_tool_calls
+from infermesh.worker.toolcalls import (
+    MAX_JSON_DEPTH,
+    ToolCallStream,
+    held_back_suffix,
+    load_json,
+    nests_deeper_than,
+    parse_tool_calls,
+    structure_nests_deeper_than,
+)
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
@@ -132,3 +141,99 @@ def test_stream_keeps_content_after_calls() -> None:
     content, calls = stream.finish()
     assert content == "and done."
     assert len(calls) == 1
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+def call_with_arguments(arguments: str) -> str:
+    return f'<tool_call>{{"name": "f", "arguments": {arguments}}}</tool_call>'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        call_with_arguments(nested(100_000)),
+        call_with_arguments("[" * 100_000),
+        call_with_arguments('{"a": ' * 50_000 + "1" + "}" * 50_000),
+        "<tool_call>" + "[" * 100_000,
+        call_with_arguments(nested(MAX_JSON_DEPTH)),
+    ],
+    ids=["arrays", "unclosed", "objects", "unclosed-block", "just-too-deep"],
+)
+def test_too_deep_json_is_plain_content(text: str) -> None:
+    assert parse_tool_calls(text) == (text, [])
+    stream = ToolCallStream()
+    emitted = "".join(
+        stream.feed(text[start : start + 4096]) for start in range(0, len(text), 4096)
+    )
+    assert emitted + stream.finish()[0] == text
+    assert stream.finish() == ("", [])
+
+
+def test_json_as_deep_as_allowed_is_read() -> None:
+    depth = MAX_JSON_DEPTH - 1  # the call's own object is one level
+    _, [call] = parse_tool_calls(call_with_arguments(nested(depth)))
+    assert call.function.arguments == json.dumps(json.loads(nested(depth)))
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    arguments = json.dumps({"code": "[" * 100_000 + '\\"{' * 1000, "list": [[["ok"]]]})
+    _, [call] = parse_tool_calls(call_with_arguments(arguments))
+    assert json.loads(call.function.arguments) == json.loads(arguments)
+
+
+def test_nesting_check_on_ten_megabytes_is_quick() -> None:
+    flat = "[" + "[], " * 2_500_000 + "[]]"
+    deep = nested(5_000_000)
+    started = time.perf_counter()
+    assert not nests_deeper_than(flat, MAX_JSON_DEPTH)
+    assert nests_deeper_than(deep, MAX_JSON_DEPTH)
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("{}", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('["]]]", "[[[", "\\"[["]', 1),
+        ('"unclosed [[[[', 0),
+        ("[1, [2, [3", 3),
+        ("[[[", 3),
+        ("é[🙂, \ud800[]]", 2),
+    ],
+)
+def test_nesting_depth_is_measured_outside_strings(text: str, depth: int) -> None:
+    assert not nests_deeper_than(text, depth)
+    assert depth == 0 or nests_deeper_than(text, depth - 1)
+
+
+def test_load_json_refuses_deep_nesting_with_value_error() -> None:
+    assert load_json('{"a": [[1]]}') == {"a": [[1]]}
+    with pytest.raises(ValueError, match="nested deeper"):
+        load_json(nested(100_000))
+    with pytest.raises(ValueError, match="nested deeper"):
+        load_json(nested(3), max_depth=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        ("text", 0),
+        ([], 1),
+        ({"a": [1, {"b": "c"}]}, 3),
+        ([[], [[[]]], {}], 4),
+    ],
+)
+def test_nesting_of_parsed_data(value: object, depth: int) -> None:
+    assert not structure_nests_deeper_than(value, depth)
+    assert depth == 0 or structure_nests_deeper_than(value, depth - 1)
+
+
+def test_nesting_of_very_deep_data_needs_no_recursion() -> None:
+    value: list[object] = []
+    for _ in range(100_000):
+        value = [value]
+    assert structure_nests_deeper_than(value, MAX_JSON_DEPTH)

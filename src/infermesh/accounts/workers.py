@@ -3,12 +3,15 @@
 An operator creates a worker token (``infermesh workers token create``) and gives it to
 an ``infermesh worker`` process, which presents it when it dials the gateway. The
 gateway authenticates it here, records when the worker connects, is seen and leaves,
-counts the jobs it served, and checks now and then whether its token was revoked.
+counts the jobs it served, and checks now and then whether its token was revoked. A
+token carries a :class:`WorkerScope`: how many connections it may hold at once, how
+many job slots one connection may announce, and which catalog models it may serve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +24,7 @@ from infermesh.accounts.worker_records import (
     CreatedWorkerToken,
     WorkerIdentity,
     WorkerRecord,
+    WorkerScope,
     WorkerStatus,
 )
 from infermesh.accounts.worker_tokens import (
@@ -36,12 +40,16 @@ __all__ = [
     "CreatedWorkerToken",
     "WorkerIdentity",
     "WorkerRecord",
+    "WorkerScope",
     "WorkerStatus",
     "WorkerTokenService",
 ]
 
 DEFAULT_OPERATOR = "default"
 _MAX_NAME_LENGTH = 200
+MAX_CONNECTIONS_LIMIT = 10_000
+MAX_SLOTS_LIMIT = 1_000_000
+MAX_ALLOWED_MODELS = 256
 
 
 class WorkerTokenService:
@@ -55,16 +63,20 @@ class WorkerTokenService:
         self._db = db
         self._clock = clock
 
-    async def create(self, name: str, *, operator: str = DEFAULT_OPERATOR) -> CreatedWorkerToken:
-        """A new worker of the account ``operator`` (created, tier "free", if missing).
+    async def create(
+        self, name: str, *, operator: str = DEFAULT_OPERATOR, scope: WorkerScope | None = None
+    ) -> CreatedWorkerToken:
+        """A new worker of the account ``operator`` (created, tier "free", if missing),
+        whose token allows ``scope`` (the defaults if None).
 
         The raw token is in the result only.
         """
         _check_name(name, what="A worker name", param="name")
         _check_name(operator, what="An operator account name", param="operator")
+        checked = _checked_scope(scope or WorkerScope())
         async with self._db.session() as session, session.begin():
             owner = await self._operator(session, operator)
-            return await self._add_worker(session, owner, name)
+            return await self._add_worker(session, owner, name, checked)
 
     async def list(self) -> list[WorkerRecord]:
         """Every worker (revoked ones too), oldest first."""
@@ -99,7 +111,7 @@ class WorkerTokenService:
         if not is_worker_token(raw_token):
             return None
         query = (
-            select(RegisteredWorker.id, RegisteredWorker.name, Account.id, Account.name)
+            select(RegisteredWorker, Account.id, Account.name)
             .join(Account, RegisteredWorker.operator_account_id == Account.id)
             .where(
                 RegisteredWorker.token_hash == hash_key(raw_token),
@@ -110,12 +122,13 @@ class WorkerTokenService:
             row = (await session.execute(query)).one_or_none()
         if row is None:
             return None
-        worker_id, name, account_id, account_name = row
+        worker, account_id, account_name = row
         return WorkerIdentity(
-            worker_id=worker_id,
-            name=name,
+            worker_id=worker.id,
+            name=worker.name,
             operator_account_id=account_id,
             operator_name=account_name,
+            scope=_scope(worker),
         )
 
     async def is_revoked(self, worker_id: str) -> bool:
@@ -186,7 +199,7 @@ class WorkerTokenService:
         return await add_account(session, name, tier="free", created_at=self._clock())
 
     async def _add_worker(
-        self, session: AsyncSession, owner: Account, name: str
+        self, session: AsyncSession, owner: Account, name: str, scope: WorkerScope
     ) -> CreatedWorkerToken:
         raw_token = generate_worker_token()
         worker = RegisteredWorker(
@@ -200,6 +213,9 @@ class WorkerTokenService:
             models=[],
             jobs_served=0,
             jobs_failed=0,
+            max_connections=scope.max_connections,
+            max_slots=scope.max_slots,
+            allowed_models=None if scope.allowed_models is None else list(scope.allowed_models),
         )
         session.add(worker)
         await session.flush()
@@ -229,6 +245,38 @@ def _check_name(name: str, *, what: str, param: str) -> None:
         raise InvalidRequest(f"{what} must have 1 to {_MAX_NAME_LENGTH} characters.", param=param)
 
 
+def _check_limit(value: int, *, limit: int, param: str) -> None:
+    if not 1 <= value <= limit:
+        raise InvalidRequest(f"{param} must be from 1 to {limit:,}.", param=param)
+
+
+def _checked_scope(scope: WorkerScope) -> WorkerScope:
+    """``scope`` with its model list stripped and deduplicated; InvalidRequest if it is
+    out of bounds (an empty model list too: None, not nothing, means any model)."""
+    _check_limit(scope.max_connections, limit=MAX_CONNECTIONS_LIMIT, param="max_connections")
+    _check_limit(scope.max_slots, limit=MAX_SLOTS_LIMIT, param="max_slots")
+    if scope.allowed_models is None:
+        return scope
+    models = tuple(dict.fromkeys(model.strip() for model in scope.allowed_models))
+    if not models or len(models) > MAX_ALLOWED_MODELS:
+        raise InvalidRequest(
+            f"allowed_models must list 1 to {MAX_ALLOWED_MODELS} models (or be omitted: any).",
+            param="allowed_models",
+        )
+    for model in models:
+        _check_name(model, what="A model id", param="allowed_models")
+    return replace(scope, allowed_models=models)
+
+
+def _scope(worker: RegisteredWorker) -> WorkerScope:
+    allowed = worker.allowed_models
+    return WorkerScope(
+        max_connections=worker.max_connections,
+        max_slots=worker.max_slots,
+        allowed_models=None if allowed is None else tuple(allowed),
+    )
+
+
 def _record(worker: RegisteredWorker, owner: Account) -> WorkerRecord:
     return WorkerRecord(
         id=worker.id,
@@ -243,4 +291,5 @@ def _record(worker: RegisteredWorker, owner: Account) -> WorkerRecord:
         models=tuple(worker.models),
         jobs_served=worker.jobs_served,
         jobs_failed=worker.jobs_failed,
+        scope=_scope(worker),
     )

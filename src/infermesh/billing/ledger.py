@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -210,6 +210,20 @@ class CreditLedger:
         session.add(settlement.usage)
         await session.flush()
         return Settled(charged, _record(rows[settlement.account_id]))
+
+    async def renew_holds(self, hold_ids: Sequence[str], *, ttl: timedelta) -> int:
+        """Push the expiry of these open holds ``ttl`` from now (their requests still
+        run); how many were renewed."""
+        if not hold_ids:
+            return 0
+        statement = (
+            update(Hold)
+            .where(Hold.id.in_(list(hold_ids)), Hold.status == "open")
+            .values(expires_at=self._clock() + ttl)
+        )
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(statement)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def expire_holds(self) -> int:
         """Release every open hold past its expiry (its gateway died); how many were."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +89,7 @@ class BillingService:
         self.unit = unit or CreditUnit()
         self._share_bps = round(operator_share * BASIS_POINTS)
         self._hold_ttl = hold_ttl
+        self._live_holds: dict[str, float] = {}
 
     def max_cost(self, spec: ModelSpec, request: ChatCompletionRequest) -> int:
         """The most ``request`` can cost on ``spec``: what is held before it runs."""
@@ -140,6 +142,38 @@ class BillingService:
             usage=_usage_entry(charge, outcome, usage),
         )
         return await self.ledger.settle(settlement)
+
+    def keep_alive(self, charge: Charge, *, until: float) -> None:
+        """Renew ``charge``'s hold while its request runs, at the latest until the
+        event-loop time ``until`` (the request's own deadline)."""
+        if charge.held:
+            self._live_holds[charge.id] = until
+
+    def let_go(self, charge: Charge) -> None:
+        """Stop renewing ``charge``'s hold (its request has settled)."""
+        self._live_holds.pop(charge.id, None)
+
+    @property
+    def live_holds(self) -> int:
+        """Holds of this gateway's running requests."""
+        return len(self._live_holds)
+
+    async def keep_holds_alive(self) -> None:
+        """Renew the holds of running requests before they expire, forever (a
+        background task), so that a long request is never left unheld."""
+        interval = max(self._hold_ttl.total_seconds() / 3, 0.1)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for hold_id in [hold for hold, until in self._live_holds.items() if until < now]:
+                del self._live_holds[hold_id]
+            if not self._live_holds:
+                continue
+            try:
+                await self.ledger.renew_holds(list(self._live_holds), ttl=self._hold_ttl)
+            except Exception:
+                logger.exception("renewing credit holds failed; will try again")
 
     async def expire_holds(self) -> int:
         """Release holds left behind by a gateway that died mid-request."""

@@ -61,6 +61,18 @@ class CompletionBuilder:
             tool_calls=tool_calls or None,
         )
 
+    @property
+    def tool_call_count(self) -> int:
+        return len(self._tool_calls)
+
+    def text(self) -> str:
+        """Everything relayed so far as one text (content, tool names and arguments)."""
+        parts = [*self._content]
+        for call in self._tool_calls.values():
+            parts.append(call.name)
+            parts.extend(call.arguments)
+        return "".join(parts)
+
     def _add_tool_delta(self, delta: ToolCallDelta) -> None:
         call = self._tool_calls.setdefault(delta.index, _PartialToolCall())
         if delta.id:
@@ -117,11 +129,3 @@ class ResponseIdentity:
             usage=usage,
             metadata=Metadata(node_id=self.node_id),
         )
-
-
-def sse_event(payload: str) -> str:
-    """One server-sent event carrying ``payload`` as its data."""
-    return f"data: {payload}\n\n"
-
-
-SSE_DONE = sse_event("[DONE]")

@@ -1,17 +1,31 @@
-"""Checks of a chat request against the model it names, before anything is dispatched."""
+"""Checks of a chat request against the model it names, before anything is dispatched,
+and the copy of it that an engine may see."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
 
 from infermesh.catalog.spec import ModelSpec
 from infermesh.chat.images import check_image_url
 from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, ImagePart, NamedToolChoice
+from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS as ENGINE_EXTRA_FIELDS
 
 MAX_STOP_SEQUENCES = 4
+MAX_JSON_DEPTH = 64
+"""How deep a free-form JSON value of a request (tool parameters, a response format's
+schema, a field we do not declare) may nest objects and arrays. A job frame holds the
+request a few levels deeper, and pydantic's JSON parser, which reads frames on a worker,
+stops at about 200 levels: this bound keeps every job readable, far above what real JSON
+schemas need."""
 
 
 def check_request(request: ChatCompletionRequest, spec: ModelSpec, *, max_image_bytes: int) -> None:
     """Raise :class:`InvalidRequest` for anything the model or the gateway cannot honour."""
+    _check_depth(request)
     if request.n is not None and request.n > 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_parameter")
     if request.stream_options is not None and not request.stream:
@@ -88,3 +102,72 @@ def _check_messages(
                     code="vision_not_supported",
                 )
             check_image_url(part.image_url.url, param=param, max_bytes=max_image_bytes)
+
+
+def _check_depth(request: ChatCompletionRequest) -> None:
+    for param, value in _free_form_values(request, prefix=""):
+        if _nests_deeper_than(value, MAX_JSON_DEPTH):
+            raise InvalidRequest(
+                f"'{param}' nests JSON objects and arrays more than {MAX_JSON_DEPTH} levels deep.",
+                param=param,
+                code="json_too_deep",
+            )
+
+
+def _free_form_values(model: BaseModel, *, prefix: str) -> Iterator[tuple[str, Any]]:
+    """The objects and arrays in ``model`` that are not models themselves, with their
+    parameter names (``tools[0].function.parameters``), undeclared fields included."""
+    fields = [(name, getattr(model, name)) for name in type(model).model_fields]
+    for name, value in [*fields, *(model.model_extra or {}).items()]:
+        yield from _free_form_in(value, f"{prefix}.{name}" if prefix else name)
+
+
+def _free_form_in(value: Any, param: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, BaseModel):
+        yield from _free_form_values(value, prefix=param)
+    elif isinstance(value, list) and any(isinstance(item, BaseModel) for item in value):
+        for index, item in enumerate(value):
+            yield from _free_form_in(item, f"{param}[{index}]")
+    elif isinstance(value, dict | list):
+        yield param, value
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds more than ``limit`` levels of objects and arrays."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return limit == 0 or any(_nests_deeper_than(child, limit - 1) for child in children)
+
+
+def engine_request(request: ChatCompletionRequest) -> ChatCompletionRequest:
+    """A copy of ``request`` fit for an engine: of the fields the protocol models do not
+    declare, only :data:`ENGINE_EXTRA_FIELDS` at the top level are kept (see
+    :mod:`infermesh.protocol.engine_fields` for why); messages, tools and the other
+    nested objects keep only their declared fields. ``request`` is left as it is."""
+    dumped = request.model_dump(exclude_unset=True)
+    kept = _declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
+    return ChatCompletionRequest.model_validate(kept)
+
+
+def _declared_fields(
+    model: BaseModel, dumped: dict[str, Any], *, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``dumped`` (a dump of ``model``) without the undeclared fields not in ``keep``."""
+    fields = type(model).model_fields
+    return {
+        name: _declared_value(getattr(model, name), value)
+        for name, value in dumped.items()
+        if name in fields or name in keep
+    }
+
+
+def _declared_value(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _declared_fields(value, dumped)
+    if isinstance(value, list):
+        return [_declared_value(item, part) for item, part in zip(value, dumped, strict=True)]
+    return dumped

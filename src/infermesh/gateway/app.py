@@ -24,6 +24,8 @@ from infermesh.billing.usage import UsageLog
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import CatalogFile
+from infermesh.chat.counting import TokenCounters
+from infermesh.chat.generation import Deadlines
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
@@ -76,6 +78,12 @@ def create_app(
                 max_image_bytes=settings.max_image_bytes,
                 max_attempts=settings.max_attempts,
                 limits=limiter,
+                counters=TokenCounters(models_dir=settings.models_dir),
+                deadlines=Deadlines(
+                    first_token=settings.first_token_timeout,
+                    between_chunks=settings.chunk_timeout,
+                    total=settings.request_timeout,
+                ),
             ),
             metrics=metrics,
             workers=WorkerTokenService(database),
@@ -86,12 +94,13 @@ def create_app(
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
+        holding = asyncio.create_task(billing.keep_holds_alive())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
-            for task in (expiring, renewing):
+            for task in (expiring, renewing, holding):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from infermesh.accounts.records import Principal
-from infermesh.errors import Forbidden, Unauthorized
+from infermesh.config import Settings
+from infermesh.errors import Forbidden, RateLimited, Unauthorized
 from infermesh.gateway.middleware import request_record
 from infermesh.gateway.state import Services
 from infermesh.telemetry import RequestRecord
@@ -53,18 +57,104 @@ async def authenticate(
     return principal
 
 
+class AdminAttempts:
+    """Wrong admin keys per client address, counted over a sliding window.
+
+    An address with ``limit`` failures in the last ``window`` seconds is locked out until
+    the oldest of them leaves the window. Only failures are kept, and for at most
+    ``max_addresses`` addresses: past that, the address whose last failure is oldest is
+    forgotten first (whoever holds that many addresses is not slowed by a larger table).
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        window: float,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._max_addresses = max_addresses
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # oldest last failure first
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def locked_for(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or ``None`` when it may now."""
+        now = self._clock()
+        failures = self._failures.get(address)
+        if failures is None:
+            return None
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+        if len(failures) < self._limit:
+            return None
+        return failures[0] + self._window - now
+
+    def failed(self, address: str) -> None:
+        """Count a wrong key from ``address``."""
+        now = self._clock()
+        self._forget_expired(now)
+        failures = self._failures.pop(address, None) or deque(maxlen=self._limit)
+        failures.append(now)
+        self._failures[address] = failures
+        while len(self._failures) > self._max_addresses:
+            self._failures.popitem(last=False)
+
+    def _forget_expired(self, now: float) -> None:
+        while self._failures:
+            oldest = next(iter(self._failures.values()))
+            if oldest[-1] > now - self._window:
+                return
+            self._failures.popitem(last=False)
+
+
+def admin_attempts(request: Request, settings: Settings) -> AdminAttempts:
+    """The app's :class:`AdminAttempts`, made on first use."""
+    attempts = getattr(request.app.state, "admin_attempts", None)
+    if not isinstance(attempts, AdminAttempts):
+        attempts = AdminAttempts(
+            limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
+        )
+        request.app.state.admin_attempts = attempts
+    return attempts
+
+
 async def require_admin(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> None:
-    """The caller must present the admin key (``INFERMESH_ADMIN_KEY``)."""
+    """The caller must present the admin key (``INFERMESH_ADMIN_KEY``).
+
+    An address that sent too many wrong keys lately gets 429, even with the right key,
+    so the key cannot be guessed at speed. The address is the connection's peer (or
+    what uvicorn takes from the proxy headers of the proxies it trusts).
+    """
     admin_key = services.settings.admin_key
     if not admin_key:
         raise Forbidden(
             "The admin API is disabled: set INFERMESH_ADMIN_KEY on the gateway to enable it.",
             code="admin_disabled",
         )
+    attempts = admin_attempts(request, services.settings)
+    address = request.client.host if request.client else "unknown"
+    locked_for = attempts.locked_for(address)
+    if locked_for is not None:
+        raise RateLimited(
+            "Too many wrong admin keys came from your address; try again later.",
+            code="too_many_admin_attempts",
+            retry_after=locked_for,
+        )
     presented = presented_key(request)
-    if presented is None or not hmac.compare_digest(presented.encode(), admin_key.encode()):
+    if presented is None:
+        raise Unauthorized("The admin API needs the admin key.", code="invalid_admin_key")
+    if not hmac.compare_digest(presented.encode(), admin_key.encode()):
+        attempts.failed(address)
         raise Unauthorized("The admin API needs the admin key.", code="invalid_admin_key")
 
 

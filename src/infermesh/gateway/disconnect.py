@@ -8,6 +8,7 @@ concurrency slot and a credit hold; :func:`unless_client_leaves` stops it instea
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from infermesh.errors import ClientDisconnected
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -29,6 +31,7 @@ async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -
     finally:
         watcher.cancel()
         if not task.done():
+            logger.info("the client left before its answer; stopping the request")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)  # let it settle its bill
     if task.cancelled():

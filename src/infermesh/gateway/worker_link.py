@@ -6,13 +6,23 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from infermesh.errors import WorkerLost
 from infermesh.mesh.remote import GatewayMessage, WorkerMessage
-from infermesh.protocol.wire import MAX_FRAME_BYTES, worker_frames
+from infermesh.protocol.wire import (
+    MAX_FRAME_BYTES,
+    Chunk,
+    Done,
+    Drain,
+    Heartbeat,
+    Hello,
+    JobError,
+    worker_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +98,42 @@ class WebSocketLink:
             await self._websocket.close(code, close_reason(reason))
 
 
+def _field_names(model: type[BaseModel], seen: set[str]) -> set[str]:
+    names: set[str] = set()
+    if model.__name__ in seen:
+        return names
+    seen.add(model.__name__)
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for argument in _types_in(info.annotation):
+            if isinstance(argument, type) and issubclass(argument, BaseModel):
+                names |= _field_names(argument, seen)
+    return names
+
+
+def _types_in(annotation: object) -> list[object]:
+    arguments = list(get_args(annotation))
+    found: list[object] = [annotation]
+    for argument in arguments:
+        found += _types_in(argument)
+    return found
+
+
+_KNOWN_NAMES = frozenset(
+    _field_names(Hello, set())
+    | {
+        name
+        for frame in (Heartbeat, Chunk, Done, JobError, Drain)
+        for name in _field_names(frame, set())
+    }
+    | {"hello", "heartbeat", "chunk", "done", "error", "drain"}
+)
+
+
+def _known(part: str | int) -> str:
+    return str(part) if isinstance(part, int) or part in _KNOWN_NAMES else "?"
+
+
 def close_reason(reason: str) -> str:
     """``reason`` cut to what a WebSocket close frame can carry (123 bytes of UTF-8)."""
     encoded = reason.encode()
@@ -97,8 +143,9 @@ def close_reason(reason: str) -> str:
 
 
 def describe_invalid(exc: ValidationError) -> str:
-    """A short account of why a frame is invalid (never the frame's content)."""
+    """A short account of why a frame is invalid (never the frame's content: a key the
+    worker made up is shown as ``?``, since it could carry a prompt)."""
     first = exc.errors(include_input=False, include_url=False)[0]
-    location = ".".join(str(part) for part in first["loc"])[:100] or "frame"
+    location = ".".join(_known(part) for part in first["loc"])[:100] or "frame"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"malformed frame: {location}: {first['msg']}{more}"

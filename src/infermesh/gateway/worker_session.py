@@ -89,14 +89,21 @@ class WorkerSession:
             await self._record_exit()
 
     async def _serve(self) -> SessionEnd:
-        reader = asyncio.create_task(self._read())
-        heartbeat = asyncio.create_task(self._heartbeat())
+        tasks = {
+            asyncio.create_task(self._read()),
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._expelled()),
+        }
         try:
-            done, _ = await asyncio.wait({reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            heartbeat.cancel()
+            for task in tasks:
+                task.cancel()
         return done.pop().result()
+
+    async def _expelled(self) -> SessionEnd:
+        """Ends the session when the worker has broken the protocol too often."""
+        return SessionEnd(await self._remote.expelled(), POLICY_VIOLATION)
 
     async def _read(self) -> SessionEnd:
         while True:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
-from infermesh.mesh.worker import Operator
+from infermesh.mesh.worker import JobTerms, Operator
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.worker.host import ModelHost
+
+logger = logging.getLogger(__name__)
 
 
 class InProcessWorker:
@@ -31,5 +34,17 @@ class InProcessWorker:
     def capacity(self, model: str) -> int:
         return self._capacity
 
-    def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
-        return self._host.generate(job)
+    async def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+        chunks = self._host.generate(job)
+        try:
+            async for chunk in chunks:
+                if chunk.finish_reason is not None:
+                    terms.on_end()
+                yield chunk
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    def penalize(self, reason: str) -> None:
+        logger.error("the in-process worker broke the protocol: %s", reason)

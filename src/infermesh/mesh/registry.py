@@ -9,15 +9,19 @@ worker serves the model at all, the 503 comes at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from infermesh.errors import NoWorkerAvailable
 from infermesh.mesh.policy import Candidate, PowerOfTwoChoices, RoutingPolicy
 from infermesh.mesh.stats import WorkerStats
 from infermesh.mesh.worker import Worker
+
+K = TypeVar("K")
 
 NO_WORKER_RETRY_AFTER = 5.0
 BUSY_RETRY_AFTER = 2.0
@@ -25,15 +29,22 @@ BUSY_RETRY_AFTER = 2.0
 
 @dataclass
 class Lease:
-    """One job's hold on a worker slot; measures the job for the router."""
+    """One job's hold on a worker slot; measures the job for the router.
+
+    The slot is freed as soon as the worker is done with the job (:meth:`end_slot`,
+    which may come before the client has read the whole answer); :meth:`release`
+    frees it if that has not happened yet and records what the job showed of the worker.
+    """
 
     worker: Worker
     model: str
     registry: WorkerRegistry
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    ended_at: float | None = None
     completion_tokens: int = 0
     outcome: str | None = None
+    released: bool = False
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -45,12 +56,19 @@ class Lease:
     def failed(self) -> None:
         self.outcome = "failed"
 
+    def end_slot(self) -> None:
+        """The worker is done with the job: its slot goes to the next request (idempotent)."""
+        if self.ended_at is None:
+            self.ended_at = time.perf_counter()
+            self.registry._free(self)
+
     def release(self) -> None:
-        """Give the slot back (idempotent) and record what the job showed of the worker."""
-        if self.outcome == "released":
+        """Free the slot if still held and record the job's outcome (idempotent)."""
+        if self.released:
             return
-        self.registry._release(self)
-        self.outcome = "released"
+        self.released = True
+        self.end_slot()
+        self.registry._record(self)
 
 
 @dataclass
@@ -68,6 +86,7 @@ class WorkerRegistry:
         self._policy = policy or PowerOfTwoChoices()
         self._workers: dict[str, Worker] = {}
         self._busy: dict[tuple[str, str], int] = {}
+        self._in_flight: dict[str, int] = {}
         self._stats: dict[str, WorkerStats] = {}
         self._waiters: deque[_Waiter] = deque()
 
@@ -89,25 +108,35 @@ class WorkerRegistry:
     def is_available(self, model: str) -> bool:
         return any(worker.serves(model) for worker in self._workers.values())
 
-    def in_flight(self, node_id: str) -> int:
-        return sum(count for (node, _), count in self._busy.items() if node == node_id)
+    def in_flight(self, node_id: str | None = None) -> int:
+        """Slots in use on ``node_id`` (on every worker if None)."""
+        if node_id is None:
+            return sum(self._in_flight.values())
+        return self._in_flight.get(node_id, 0)
 
     def waiting(self, model: str | None = None) -> int:
         return sum(1 for waiter in self._waiters if model is None or waiter.model == model)
 
     async def acquire(self, model: str, *, exclude: Collection[str] = ()) -> Lease:
-        """A slot on a worker for ``model`` (not one in ``exclude``), waiting if all are busy."""
+        """A slot on a worker for ``model`` (not one in ``exclude``), waiting if all are busy.
+
+        A caller that is cancelled while it waits leaves the queue, and a lease handed to
+        it in the meantime is given back: nobody else would release it.
+        """
         if not self._serving(model, exclude):
             raise _no_worker(model)
         waiter = _Waiter(model, exclude, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self.wake()
-        if not waiter.future.done():
-            await asyncio.wait({waiter.future}, timeout=self.queue_timeout)
+        try:
+            if not waiter.future.done():
+                await asyncio.wait({waiter.future}, timeout=self.queue_timeout)
+        except BaseException:
+            self._abandon(waiter)
+            raise
         if waiter.future.done() and not waiter.future.cancelled():
             return waiter.future.result()  # a lease, or the error set by wake()
-        self._waiters.remove(waiter)
-        waiter.future.cancel()
+        self._abandon(waiter)
         raise NoWorkerAvailable(
             f"Every worker serving '{model}' is busy. Try again shortly.",
             code="workers_busy",
@@ -116,6 +145,8 @@ class WorkerRegistry:
 
     def wake(self) -> None:
         """Hand free slots to waiters in arrival order; fail those nobody can serve any more."""
+        if not self._waiters:
+            return
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self._waiters.remove(waiter)
@@ -131,6 +162,16 @@ class WorkerRegistry:
             self._waiters.remove(waiter)
             waiter.future.set_result(self._lease(chosen, waiter.model))
 
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Take a waiter that gave up out of the queue; give back a lease it was handed."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        future = waiter.future
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled() and future.exception() is None:
+            future.result().release()
+
     def _serving(self, model: str, exclude: Collection[str]) -> bool:
         return any(
             worker.serves(model)
@@ -140,7 +181,7 @@ class WorkerRegistry:
 
     def _candidates(self, model: str, exclude: Collection[str]) -> list[Candidate]:
         return [
-            Candidate(node_id, self.in_flight(node_id), self.stats(node_id))
+            Candidate(node_id, self._in_flight.get(node_id, 0), self.stats(node_id))
             for node_id, worker in self._workers.items()
             if node_id not in exclude
             and worker.serves(model)
@@ -150,25 +191,34 @@ class WorkerRegistry:
     def _lease(self, worker: Worker, model: str) -> Lease:
         key = (worker.node_id, model)
         self._busy[key] = self._busy.get(key, 0) + 1
+        self._in_flight[worker.node_id] = self._in_flight.get(worker.node_id, 0) + 1
         return Lease(worker=worker, model=model, registry=self)
 
-    def _release(self, lease: Lease) -> None:
-        key = (lease.worker.node_id, lease.model)
-        remaining = self._busy.get(key, 0) - 1
-        if remaining > 0:
-            self._busy[key] = remaining
-        else:
-            self._busy.pop(key, None)
+    def _free(self, lease: Lease) -> None:
+        node_id = lease.worker.node_id
+        _decrement(self._busy, (node_id, lease.model))
+        _decrement(self._in_flight, node_id)
+        self.wake()
+
+    def _record(self, lease: Lease) -> None:
         stats = self.stats(lease.worker.node_id)
         if lease.outcome == "ok":
             ttft = None if lease.first_token_at is None else lease.first_token_at - lease.started
-            seconds = time.perf_counter() - (lease.first_token_at or lease.started)
+            ended = lease.ended_at or time.perf_counter()
+            seconds = ended - (lease.first_token_at or lease.started)
             stats.record_success(
                 time_to_first_token=ttft, tokens=lease.completion_tokens, seconds=seconds
             )
         elif lease.outcome == "failed":
             stats.record_failure()
-        self.wake()
+
+
+def _decrement(counts: dict[K, int], key: K) -> None:
+    remaining = counts.get(key, 0) - 1
+    if remaining > 0:
+        counts[key] = remaining
+    else:
+        counts.pop(key, None)
 
 
 def _no_worker(model: str) -> NoWorkerAvailable:

@@ -4,8 +4,16 @@
 one connection. It sends :class:`~infermesh.protocol.wire.Job` frames through a
 :class:`FrameLink` (the gateway's WebSocket route owns the socket) and turns the frames
 the worker sends back, handed in with :meth:`RemoteWorker.receive`, into the chunks of
-each job. Workers are untrusted: frames for jobs they were never sent are dropped, and
-usage that does not add up is a :class:`ProtocolViolation` that ends the connection.
+each job. Workers are untrusted:
+
+- frames for jobs they were never sent are dropped (and not logged verbatim);
+- a job's output is bounded by its :class:`~infermesh.mesh.worker.JobTerms`: a worker
+  that streams more fails the job and earns a strike;
+- an ``error`` frame names a failure from a fixed list; the client sees a status the
+  gateway chooses, and the worker's message goes nowhere;
+- usage that does not add up is a :class:`ProtocolViolation` that ends the connection,
+  and so is a second strike.
+
 When the connection ends, every job in flight fails with :class:`WorkerLost`.
 """
 
@@ -19,11 +27,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infermesh.errors import BackendError, InfermeshError, InvalidRequest, WorkerLost
-from infermesh.mesh.worker import Operator
+from infermesh.errors import InfermeshError, WorkerFailed, WorkerLost, WorkerMisbehaved
+from infermesh.mesh.worker import JobTerms, Operator
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.protocol.wire import (
+    WORKER_ERROR_CODES,
     Cancel,
     Chunk,
     Done,
@@ -41,6 +50,10 @@ logger = logging.getLogger(__name__)
 GatewayMessage = Welcome | Refused | Heartbeat | Job | Cancel
 WorkerMessage = Hello | Heartbeat | Chunk | Done | JobError | Drain
 
+MAX_STRIKES = 2
+"""Protocol breaches a connection survives minus one: the second one closes it."""
+_LOGGED_DROPS = 10
+
 
 class FrameLink(Protocol):
     """Sends frames to one worker; raises :class:`WorkerLost` once the link is gone."""
@@ -54,10 +67,21 @@ class ProtocolViolation(Exception):
 
 @dataclass
 class _JobRun:
-    """A job in flight on the worker: where its chunks go."""
+    """A job in flight on the worker: its terms, what it sent so far, where chunks go."""
 
+    wire_id: str
     model: str
+    terms: JobTerms
     chunks: asyncio.Queue[GenerationChunk | InfermeshError] = field(default_factory=asyncio.Queue)
+    output_bytes: int = 0
+    chunk_count: int = 0
+    ended: bool = False
+
+    def end(self, item: GenerationChunk | InfermeshError) -> None:
+        """No more frames are taken for the job: queue its last item and free its slot."""
+        self.ended = True
+        self.chunks.put_nowait(item)
+        self.terms.on_end()
 
 
 class RemoteWorker:
@@ -66,7 +90,8 @@ class RemoteWorker:
     ``models`` maps each accepted model to the number of jobs the worker runs at once.
     ``served``/``failed`` count its jobs (for the operator's record; the router measures
     speed and errors itself, per lease); ``last_seen`` is the monotonic time of the last
-    frame received, ``reported_in_flight`` what the worker's last heartbeat said.
+    frame received, ``reported_in_flight`` what the worker's last heartbeat said;
+    ``strikes`` the protocol breaches caught so far.
     """
 
     def __init__(
@@ -87,11 +112,16 @@ class RemoteWorker:
         self._operator = operator
         self.served = 0
         self.failed = 0
+        self.strikes = 0
+        self.dropped_frames = 0
         self.last_seen = time.monotonic()
         self.reported_in_flight: int | None = None
         self.draining = False
         self.closed_reason: str | None = None
+        self._expelled = asyncio.Event()
+        self._expelled_reason = ""
         self._jobs: dict[str, _JobRun] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     @property
     def node_id(self) -> str:
@@ -111,8 +141,8 @@ class RemoteWorker:
 
     @property
     def in_flight(self) -> int:
-        """Jobs sent to the worker that have not finished yet."""
-        return len(self._jobs)
+        """Jobs sent to the worker that it has not finished yet."""
+        return sum(1 for run in self._jobs.values() if not run.ended)
 
     def serves(self, model: str) -> bool:
         return self.connected and not self.draining and model in self._models
@@ -124,12 +154,12 @@ class RemoteWorker:
         """Seconds since the worker last sent a frame."""
         return time.monotonic() - self.last_seen
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
         """Send ``job`` and yield its chunks; closing early sends a ``cancel`` frame."""
         if self.closed_reason is not None:
             raise WorkerLost(f"worker {self._node_id} is gone ({self.closed_reason})")
         wire_id = self._wire_id(job.id)
-        run = _JobRun(model=job.model)
+        run = _JobRun(wire_id=wire_id, model=job.model, terms=terms)
         self._jobs[wire_id] = run
         try:
             wire_job = job if wire_id == job.id else job.model_copy(update={"id": wire_id})
@@ -142,7 +172,7 @@ class RemoteWorker:
                 if item.finish_reason is not None:
                     return
         finally:
-            if self._jobs.pop(wire_id, None) is not None:
+            if self._jobs.pop(wire_id, None) is not None and not run.ended:
                 await self._cancel(wire_id)
 
     def receive(self, frame: WorkerMessage) -> None:
@@ -165,14 +195,34 @@ class RemoteWorker:
         else:
             logger.warning("worker %s sent a second hello; frame dropped", self._node_id)
 
+    def penalize(self, reason: str) -> None:
+        """A strike; the connection is expelled (see :meth:`expelled`) at the last one."""
+        self.strikes += 1
+        logger.warning(
+            "worker %s broke the protocol (strike %d of %d): %s",
+            self._node_id,
+            self.strikes,
+            MAX_STRIKES,
+            reason,
+        )
+        if self.strikes >= MAX_STRIKES and not self._expelled.is_set():
+            self._expelled_reason = f"protocol violation: {reason} (strike {self.strikes})"
+            self._expelled.set()
+
+    async def expelled(self) -> str:
+        """Wait until the worker has struck out; the reason to close its connection."""
+        await self._expelled.wait()
+        return self._expelled_reason
+
     def fail_all(self, reason: str) -> None:
         """The connection ended: take no more jobs, fail those in flight with WorkerLost."""
         if self.closed_reason is None:
             self.closed_reason = reason
         runs, self._jobs = list(self._jobs.values()), {}
         for run in runs:
-            self._record_failure()
-            run.chunks.put_nowait(WorkerLost(f"worker {self._node_id} was lost ({reason})"))
+            if not run.ended:
+                self._record_failure()
+                run.end(WorkerLost(f"worker {self._node_id} was lost ({reason})"))
 
     def _wire_id(self, job_id: str) -> str:
         """The job's id on this connection: its own, unless that one is already in flight."""
@@ -188,50 +238,84 @@ class RemoteWorker:
                 await self._link.send(Cancel(job_id=wire_id))
 
     def _run_for(self, job_id: str, kind: str) -> _JobRun | None:
+        """The live job a frame is for; None (the frame is dropped) for any other id.
+        The id is the worker's text and is never logged."""
         run = self._jobs.get(job_id)
-        if run is None:
+        if run is not None and not run.ended:
+            return run
+        self.dropped_frames += 1
+        if self.dropped_frames <= _LOGGED_DROPS:
             logger.warning(
-                "worker %s sent %s for job %s, which it is not running; frame dropped",
+                "worker %s sent %s for a job it is not running; frame dropped%s",
                 self._node_id,
                 kind,
-                job_id[:100],
+                " (further drops are not logged)" if self.dropped_frames == _LOGGED_DROPS else "",
             )
-        return run
+        return None
 
     def _on_chunk(self, frame: Chunk) -> None:
         run = self._run_for(frame.job_id, "a chunk")
         if run is None:
             return
+        chunk = frame.chunk
+        run.chunk_count += 1
+        run.output_bytes += _output_bytes(chunk)
+        terms = run.terms
+        if run.output_bytes > terms.max_output_bytes or run.chunk_count > terms.max_chunks:
+            self._flooded(run)
+            return
         # The end of a job comes only in a done frame, where its usage is checked.
         update: dict[str, object] = {"finish_reason": None, "usage": None}
-        progress = frame.chunk.progress
-        if progress is not None and not _adds_up(progress):
+        if chunk.progress is not None and not _adds_up(chunk.progress):
             update["progress"] = None
-        chunk = frame.chunk.model_copy(update=update)
-        run.chunks.put_nowait(chunk)
+        run.chunks.put_nowait(chunk.model_copy(update=update))
+
+    def _flooded(self, run: _JobRun) -> None:
+        """Drop what the job buffered, fail it at once and tell the worker to stop."""
+        self._record_failure()
+        while not run.chunks.empty():
+            run.chunks.get_nowait()
+        error = WorkerMisbehaved(
+            "The worker sent more output than the request allows.", code="output_overflow"
+        )
+        run.end(error)
+        cancel = asyncio.ensure_future(self._cancel(run.wire_id))
+        self._background.add(cancel)
+        cancel.add_done_callback(self._background.discard)
+        self.penalize(
+            f"more than {run.terms.max_output_bytes} bytes or {run.terms.max_chunks} chunks "
+            f"for a job of at most {run.terms.max_output_tokens} tokens"
+        )
 
     def _on_done(self, frame: Done) -> None:
         run = self._run_for(frame.job_id, "done")
         if run is None:
             return
         _check_usage(frame.usage)
-        del self._jobs[frame.job_id]
         self.served += 1
-        run.chunks.put_nowait(GenerationChunk(finish_reason=frame.finish_reason, usage=frame.usage))
+        run.end(GenerationChunk(finish_reason=frame.finish_reason, usage=frame.usage))
 
     def _on_error(self, frame: JobError) -> None:
         run = self._run_for(frame.job_id, "an error")
         if run is None:
             return
-        del self._jobs[frame.job_id]
-        error = _job_error(frame)
-        if not isinstance(error, InvalidRequest):
-            self._record_failure()
-        logger.info("job %s failed on worker %s: %s", frame.job_id, self._node_id, frame.code)
-        run.chunks.put_nowait(error)
+        code = frame.code if frame.code in WORKER_ERROR_CODES else "worker_error"
+        self._record_failure()
+        logger.info("a job failed on worker %s: %s", self._node_id, code)
+        run.end(WorkerFailed(f"The worker failed to run the request ({code}).", code=code))
 
     def _record_failure(self) -> None:
         self.failed += 1
+
+
+def _output_bytes(chunk: GenerationChunk) -> int:
+    size = len(chunk.content.encode()) if chunk.content else 0
+    for delta in chunk.tool_calls or ():
+        size += len(delta.id or "")
+        if delta.function is not None:
+            size += len((delta.function.name or "").encode())
+            size += len((delta.function.arguments or "").encode())
+    return size
 
 
 def _adds_up(usage: Usage) -> bool:
@@ -244,12 +328,3 @@ def _check_usage(usage: Usage) -> None:
             f"usage does not add up: {usage.prompt_tokens} prompt + "
             f"{usage.completion_tokens} completion != {usage.total_tokens} total tokens"
         )
-
-
-def _job_error(frame: JobError) -> InfermeshError:
-    """The error a job's client gets: the request's fault (4xx) or the worker's."""
-    if frame.status is not None and 400 <= frame.status < 500:
-        error = InvalidRequest(frame.message, code=frame.code)
-        error.status_code = frame.status
-        return error
-    return BackendError(f"The worker failed: {frame.message}", code=frame.code)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,6 +15,38 @@ class Operator:
 
     worker_id: str
     account_id: int
+
+
+MAX_BYTES_PER_TOKEN = 32
+"""More UTF-8 bytes per token than any real tokenizer averages over a whole answer."""
+OUTPUT_SLACK_BYTES = 4096
+OUTPUT_SLACK_CHUNKS = 256
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobTerms:
+    """What the gateway allows one job, and whom to tell when the worker is done with it.
+
+    A worker that streams more than ``max_output_bytes`` of text or ``max_chunks``
+    chunks for a job of at most ``max_output_tokens`` tokens is flooding: the job fails
+    and the worker is penalised. ``on_end`` is called once, as soon as the worker has
+    finished the job (or failed it, or was lost), before the client has read it all.
+    """
+
+    max_output_tokens: int
+    on_end: Callable[[], None] = _nothing
+
+    @property
+    def max_output_bytes(self) -> int:
+        return self.max_output_tokens * MAX_BYTES_PER_TOKEN + OUTPUT_SLACK_BYTES
+
+    @property
+    def max_chunks(self) -> int:
+        return self.max_output_tokens * 2 + OUTPUT_SLACK_CHUNKS
 
 
 class Worker(Protocol):
@@ -44,6 +76,11 @@ class Worker(Protocol):
         """How many jobs for ``model`` this worker runs at once."""
         ...
 
-    def generate(self, job: GenerationJob) -> AsyncIterator[GenerationChunk]:
-        """Run ``job``; closing the iterator early cancels it on the engine."""
+    def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+        """Run ``job`` within ``terms``; closing the iterator early cancels it."""
+        ...
+
+    def penalize(self, reason: str) -> None:
+        """The gateway caught the worker breaking the protocol in a way only it could
+        see (e.g. usage beyond what was relayed); repeat offenders are disconnected."""
         ...

@@ -115,10 +115,15 @@ class ChatCompletionRequest(WireModel):
 # --- response ------------------------------------------------------------------------
 
 
+MAX_TOKEN_COUNT = 2**53 - 1
+"""The largest token count accepted anywhere (a JSON-safe integer); a peer that sends
+more is speaking nonsense, and the gateway bounds smaller claims by its own counts."""
+
+
 class Usage(WireModel):
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKEN_COUNT)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKEN_COUNT)
+    total_tokens: int = Field(ge=0, le=2 * MAX_TOKEN_COUNT)
 
 
 class CompletionUsage(Usage):
@@ -172,9 +177,13 @@ class FunctionCallDelta(WireModel):
     arguments: str | None = None
 
 
+MAX_TOOL_CALLS = 128
+"""Tool calls one answer may hold (a delta's ``index`` is below this)."""
+
+
 class ToolCallDelta(WireModel):
-    index: int
-    id: str | None = None
+    index: int = Field(ge=0, lt=MAX_TOOL_CALLS)
+    id: str | None = Field(default=None, max_length=200)
     type: Literal["function"] | None = None
     function: FunctionCallDelta | None = None
 

@@ -25,6 +25,29 @@ from infermesh.protocol.generation import GenerationChunk, GenerationJob
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_JOB_ID = 200
+MAX_ERROR_MESSAGE = 4000
+
+WORKER_ERROR_CODES = frozenset(
+    {
+        "worker_error",
+        "backend_error",
+        "engine_error",
+        "worker_draining",
+        "worker_busy",
+        "duplicate_job",
+        "model_not_served",
+        "context_length_exceeded",
+        "invalid_request",
+        "upstream_rejected",
+        "upstream_error",
+        "upstream_unavailable",
+        "upstream_timeout",
+    }
+)
+"""The codes a worker's ``error`` frame may carry; the gateway reads any other as
+``worker_error``. A code only names the failure: the worker never chooses the status
+a client sees, and its message is neither stored nor logged."""
 
 
 class _Frame(BaseModel):
@@ -65,7 +88,7 @@ class Refused(_Frame):
 
 class Heartbeat(_Frame):
     type: Literal["heartbeat"] = "heartbeat"
-    in_flight: int | None = None
+    in_flight: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class Job(_Frame):
@@ -80,24 +103,28 @@ class Cancel(_Frame):
 
 class Chunk(_Frame):
     type: Literal["chunk"] = "chunk"
-    job_id: str
+    job_id: str = Field(max_length=MAX_JOB_ID)
     chunk: GenerationChunk
 
 
 class Done(_Frame):
     type: Literal["done"] = "done"
-    job_id: str
+    job_id: str = Field(max_length=MAX_JOB_ID)
     finish_reason: FinishReason
     usage: Usage
 
 
 class JobError(_Frame):
     type: Literal["error"] = "error"
-    job_id: str
-    code: str
-    message: str = Field(max_length=4000)
+    job_id: str = Field(max_length=MAX_JOB_ID)
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=MAX_ERROR_MESSAGE)
     status: int | None = Field(
-        default=None, description="HTTP status to give the client when the request itself was bad"
+        default=None,
+        ge=100,
+        le=599,
+        description="the engine's HTTP status, for the worker's own logs; the gateway "
+        "decides what the client sees",
     )
 
 

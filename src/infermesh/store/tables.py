@@ -106,7 +106,9 @@ class ApiKey(Base):
 
 
 class RegisteredWorker(Base):
-    """A worker of a GPU operator: its token (SHA-256 hash and prefix only) and its state."""
+    """A worker of a GPU operator: its token (SHA-256 hash and prefix only), what the
+    token allows, and the worker's state. ``models`` is what it last served;
+    ``allowed_models`` what it may serve (None: any catalog model)."""
 
     __tablename__ = "workers"
 
@@ -126,8 +128,12 @@ class RegisteredWorker(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     node_id: Mapped[str | None] = mapped_column(String(200))
     models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
-    jobs_served: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    jobs_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    jobs_served: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    jobs_failed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The token's scope: live connections, job slots per connection, catalog models.
+    max_connections: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    max_slots: Mapped[int] = mapped_column(Integer, default=64, server_default="64")
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
 
 Money = BigInteger
@@ -218,11 +224,11 @@ class UsageEntry(Base):
     status: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(64))
     finish_reason: Mapped[str | None] = mapped_column(String(32))
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost: Mapped[int] = mapped_column(Money, default=0)
     operator_earning: Mapped[int] = mapped_column(Money, default=0)
-    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

@@ -2,21 +2,38 @@
 
 :func:`parse_tool_calls` reads a finished text; :class:`ToolCallStream` is fed the text
 as it is generated, lets through what is surely content and holds back everything from
-the first ``<tool_call>`` on until the end. A block whose JSON does not parse is plain
-content: nothing here raises on model output.
+the first ``<tool_call>`` on until the end. A block whose JSON does not parse, or nests
+deeper than :data:`MAX_JSON_DEPTH`, is plain content: nothing here raises on model output.
+:func:`load_json` is the depth-bounded ``json.loads`` for anything the worker reads from
+model output or request data.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import re
 import secrets
+from itertools import accumulate, count
 from typing import Any
 
 from infermesh.protocol.chat import FunctionCall, ToolCall
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of arrays and objects the worker parses from untrusted text.
+
+``json.loads`` recurses once per level and raises ``RecursionError`` (not ``ValueError``)
+somewhere under a thousand levels; real tool arguments nest a handful of levels.
+"""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+# Brackets as steps of a running sum: an opening one counts 2, a closing one 0, so
+# after the i-th bracket the sum minus i is the number of levels open.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 _BLOCK = re.compile(
     rf"{re.escape(TOOL_CALL_OPEN)}(.*?)(?:{re.escape(TOOL_CALL_CLOSE)}|\Z)", re.DOTALL
@@ -54,7 +71,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[ToolCall]]:
 def _tool_call_from_json(body: str) -> ToolCall | None:
     """The tool call in one block's body, or ``None`` when it is not a valid call."""
     try:
-        payload = json.loads(body.strip())
+        payload = load_json(body.strip())
     except ValueError:
         return None
     if not isinstance(payload, dict):
@@ -71,6 +88,52 @@ def _arguments_json(arguments: Any) -> str:
     if isinstance(arguments, str):
         return arguments
     return json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+
+
+def load_json(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for untrusted text: ``ValueError`` when it is not JSON or nests too deep.
+
+    It never raises ``RecursionError``: text that may nest arrays and objects deeper than
+    ``max_depth`` is refused before it is parsed.
+    """
+    if nests_deeper_than(text, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(text)
+
+
+def nests_deeper_than(text: str, depth: int) -> bool:
+    """Whether ``json.loads(text)`` may nest arrays and objects more than ``depth`` levels.
+
+    Brackets inside strings do not count. The answer is exact for JSON; for other text it
+    errs towards deep, never below the depth ``json.loads`` reaches before it fails. The
+    scan runs in C string and iterator operations, not a Python loop per character: ten
+    megabytes take a second or two at worst, much less unless they are mostly brackets.
+    """
+    if text.count("[") + text.count("{") <= depth:
+        return False
+    outside_strings = _JSON_STRING.sub(b"", text.encode("utf-8", "surrogatepass"))
+    steps = outside_strings.translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    if b"\x02" * (depth + 1) in steps:  # that many brackets opened in a row
+        return True
+    return max(map(operator.sub, accumulate(steps), count(1)), default=0) > depth
+
+
+def structure_nests_deeper_than(value: Any, depth: int) -> bool:
+    """Whether the lists and dicts in ``value`` nest more than ``depth`` levels.
+
+    It walks one level at a time, without recursion, and stops below ``depth + 1``.
+    """
+    layer = [value]
+    for _ in range(depth + 1):
+        containers = [item for item in layer if isinstance(item, dict | list)]
+        if not containers:
+            return False
+        layer = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+        ]
+    return True
 
 
 def held_back_suffix(text: str, marker: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -9,27 +10,42 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from infermesh.chat.generation import Generation
+from infermesh.chat.run import ChatRun, RunResult
 from infermesh.gateway.deps import PrincipalDep, RecordDep, ServicesDep
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
-from infermesh.protocol.chat import ChatCompletionRequest
+from infermesh.protocol.chat import ChatCompletionChunk, ChatCompletionRequest
+from infermesh.protocol.errors import ErrorBody, ErrorEnvelope
 
 router = APIRouter()
 
 
-class GenerationStream(StreamingResponse):
-    """An SSE response that always releases its generation, even if never iterated."""
+class RunStream(StreamingResponse):
+    """An SSE response that always closes its run (stops the job, settles), even if
+    never iterated."""
 
-    def __init__(self, content: Any, generation: Generation, headers: dict[str, str]) -> None:
+    def __init__(self, content: Any, run: ChatRun, headers: dict[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
-        self._generation = generation
+        self._run = run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._generation.aclose()
+            await self._run.close()
+
+
+async def server_sent_events(
+    chunks: AsyncIterator[ChatCompletionChunk | ErrorBody],
+) -> AsyncIterator[str]:
+    """Each chunk as one event (an error in OpenAI's envelope), then ``[DONE]``."""
+    async for chunk in chunks:
+        if isinstance(chunk, ErrorBody):
+            payload = ErrorEnvelope(error=chunk).model_dump_json()
+        else:
+            payload = chunk.model_dump_json(exclude_none=True)
+        yield f"data: {payload}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -53,30 +69,37 @@ async def create_chat_completion(
 ) -> Response:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     chat_request = parse_chat_request(await request.body())
+    chat = services.chat
     if not chat_request.stream:
         completed = await unless_client_leaves(
-            request, services.chat.complete(chat_request, record, principal)
+            request, chat.complete(chat_request, record, principal)
         )
         completion = completed.completion
-        headers = {
-            "x-infermesh-node-id": completion.metadata.node_id,
-            "x-infermesh-cost-micro-usd": str(completion.usage.cost_micro_usd or 0),
-        }
-        if completed.balance is not None:
-            headers["x-infermesh-balance-micro-usd"] = str(completed.balance.balance)
-            headers["x-infermesh-available-micro-usd"] = str(completed.balance.available)
+        headers = {"x-infermesh-node-id": completion.metadata.node_id}
+        headers.update(_bill_headers(completed.result))
         return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-    generation = await services.chat.start(chat_request, record, principal)
-    options = chat_request.stream_options
-    include_usage = bool(options and options.include_usage)
-    events = services.chat.stream(generation, include_usage=include_usage)
-    headers = {
-        "x-infermesh-node-id": generation.identity.node_id,
-        "cache-control": "no-cache",
-        "x-accel-buffering": "no",
-    }
-    if generation.meter is not None and generation.meter.charge.available is not None:
-        charge = generation.meter.charge
-        headers["x-infermesh-hold-micro-usd"] = str(charge.held)
-        headers["x-infermesh-available-micro-usd"] = str(charge.available)
-    return GenerationStream(events, generation, headers)
+    run = await unless_client_leaves(request, chat.start(chat_request, record, principal))
+    try:
+        options = chat_request.stream_options
+        include_usage = bool(options and options.include_usage)
+        events = server_sent_events(chat.chunks(run, include_usage=include_usage))
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        if run.generation is not None:
+            headers["x-infermesh-node-id"] = run.generation.identity.node_id
+        charge = run.charge
+        if charge is not None and charge.available is not None:
+            headers["x-infermesh-hold-micro-usd"] = str(charge.held)
+            headers["x-infermesh-available-micro-usd"] = str(charge.available)
+        return RunStream(events, run, headers)
+    except BaseException as exc:
+        await run.close(exc)
+        raise
+
+
+def _bill_headers(result: RunResult) -> dict[str, str]:
+    headers = {"x-infermesh-cost-micro-usd": str(result.cost)}
+    charge, settled = result.charge, result.settled
+    if settled is not None and charge is not None and charge.held:
+        headers["x-infermesh-balance-micro-usd"] = str(settled.balance.balance)
+        headers["x-infermesh-available-micro-usd"] = str(settled.balance.available)
+    return headers

@@ -2,8 +2,10 @@
 :mod:`infermesh.protocol.wire`).
 
 The handshake: a worker token in ``Authorization: Bearer``, then a ``hello`` within
-:data:`HELLO_TIMEOUT` seconds. The gateway accepts the models it has in its catalog,
-answers ``welcome`` with the worker's node id, and runs the session. Anything wrong
+:data:`HELLO_TIMEOUT` seconds. The gateway accepts the models that are in its catalog
+and that the token's scope allows, fits the slots announced into the token's
+``max_slots``, answers ``welcome`` with the worker's node id, and runs the session. A
+token already holding ``max_connections`` live connections is refused. Anything wrong
 gets a ``refused`` frame with a code and a reason, then the connection is closed.
 """
 
@@ -13,11 +15,12 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
-from infermesh.accounts.workers import WorkerIdentity
+from infermesh.accounts.workers import WorkerIdentity, WorkerScope
 from infermesh.catalog.catalog import Catalog
 from infermesh.errors import WorkerLost
 from infermesh.gateway.state import Services
@@ -32,7 +35,14 @@ from infermesh.gateway.worker_session import WorkerSession
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.mesh.remote import RemoteWorker
 from infermesh.mesh.worker import Operator
-from infermesh.protocol.wire import PROTOCOL_VERSION, Hello, Refused, RefusedModel, Welcome
+from infermesh.protocol.wire import (
+    PROTOCOL_VERSION,
+    Hello,
+    Refused,
+    RefusedModel,
+    ServedModel,
+    Welcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,16 @@ router = APIRouter()
 
 HELLO_TIMEOUT = 10.0
 NOT_IN_CATALOG = "not in this gateway's model catalog"
+NOT_ALLOWED = "not among the models this worker token may serve"
+NO_SLOT_LEFT = "no job slot left for it within this worker token's max_slots ({max_slots})"
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """A hello accepted: the welcome to send and the job slots granted per model."""
+
+    welcome: Welcome
+    slots: dict[str, int]
 
 
 @router.websocket("/v1/workers/connect")
@@ -63,14 +83,16 @@ async def connect_worker(websocket: WebSocket) -> None:
         if hello is not None:
             await _refuse(link, hello, worker=identity.worker_id)
         return
-    welcome = _welcome(hello, services, identity)
-    if isinstance(welcome, Refused):
-        await _refuse(link, welcome, worker=identity.worker_id)
+    # No await from here to the registry taking the worker (in session.run): the count
+    # of live connections cannot go stale in between.
+    admission = _admit(hello, services, identity)
+    if isinstance(admission, Refused):
+        await _refuse(link, admission, worker=identity.worker_id)
         return
-    concurrency = {model.id: model.concurrency for model in hello.models}
+    welcome = admission.welcome
     remote = RemoteWorker(
         welcome.node_id,
-        {model: concurrency[model] for model in welcome.accepted},
+        admission.slots,
         link,
         worker_id=identity.worker_id,
         name=hello.name or identity.name,
@@ -139,30 +161,85 @@ def _version_refusal(data: object) -> Refused | None:
     )
 
 
-def _welcome(hello: Hello, services: Services, identity: WorkerIdentity) -> Welcome | Refused:
-    accepted, refused = _sort_models(hello, services.catalog)
-    if not accepted:
+def _admit(hello: Hello, services: Services, identity: WorkerIdentity) -> _Admission | Refused:
+    """Welcome the worker within its token's scope, or refuse it."""
+    scope = identity.scope
+    live = _live_connections(services.registry, identity.worker_id)
+    if live >= scope.max_connections:
+        return Refused(
+            code="too_many_connections",
+            reason=f"This worker token already has {live} live connection(s) and allows "
+            f"{scope.max_connections}; close one, or use a token that allows more.",
+        )
+    offered, refused = _sort_models(hello, services.catalog, scope)
+    fit = scope.fit_slots(offered)
+    refused += [
+        RefusedModel(id=model, reason=NO_SLOT_LEFT.format(max_slots=scope.max_slots))
+        for model in fit.dropped
+    ]
+    if not fit.slots:
         listed = "; ".join(f"{model.id}: {model.reason}" for model in refused)
-        return Refused(code="no_known_models", reason=f"No model this gateway serves ({listed}).")
-    return Welcome(
+        return Refused(code="no_known_models", reason=f"No model this gateway accepts ({listed}).")
+    _log_clamped(identity.worker_id, offered, fit.slots, scope.max_slots)
+    welcome = Welcome(
         node_id=_node_id(services.registry, identity.worker_id),
         heartbeat_interval=services.settings.heartbeat_interval,
-        accepted=accepted,
+        accepted=list(fit.slots),
         refused=refused,
+    )
+    return _Admission(welcome, fit.slots)
+
+
+def _live_connections(registry: WorkerRegistry, worker_id: str) -> int:
+    """Connections of the token ``worker_id`` in the registry (a draining one has left)."""
+    return sum(
+        1
+        for worker in registry.workers()
+        if isinstance(worker, RemoteWorker) and worker.worker_id == worker_id
     )
 
 
-def _sort_models(hello: Hello, catalog: Catalog) -> tuple[list[str], list[RefusedModel]]:
-    accepted: list[str] = []
-    refused: list[RefusedModel] = []
+def _sort_models(
+    hello: Hello, catalog: Catalog, scope: WorkerScope
+) -> tuple[list[tuple[str, int]], list[RefusedModel]]:
+    """The models offered that may be served, with their slots, in the order of the
+    hello (the first mention of a model counts), and those refused, with why."""
+    offered: dict[str, int] = {}
+    refused: dict[str, RefusedModel] = {}
     for model in hello.models:
-        if model.id in accepted or any(entry.id == model.id for entry in refused):
+        if model.id in offered or model.id in refused:
             continue
-        if model.id in catalog:
-            accepted.append(model.id)
+        reason = _refusal_reason(model, catalog, scope)
+        if reason is None:
+            offered[model.id] = model.concurrency
         else:
-            refused.append(RefusedModel(id=model.id, reason=NOT_IN_CATALOG))
-    return accepted, refused
+            refused[model.id] = RefusedModel(id=model.id, reason=reason)
+    return list(offered.items()), list(refused.values())
+
+
+def _refusal_reason(model: ServedModel, catalog: Catalog, scope: WorkerScope) -> str | None:
+    if model.id not in catalog:
+        return NOT_IN_CATALOG
+    if not scope.allows(model.id):
+        return NOT_ALLOWED
+    return None
+
+
+def _log_clamped(
+    worker_id: str, offered: list[tuple[str, int]], slots: dict[str, int], max_slots: int
+) -> None:
+    clamped = [
+        f"{model} {asked} -> {slots[model]}"
+        for model, asked in offered
+        if model in slots and slots[model] < asked
+    ]
+    if clamped:
+        logger.warning(
+            "worker %s announced more job slots than its token's max_slots (%d): %s",
+            worker_id,
+            max_slots,
+            ", ".join(clamped),
+        )
 
 
 def _node_id(registry: WorkerRegistry, worker_id: str) -> str:

@@ -1,25 +1,28 @@
 """A backend for any OpenAI-compatible engine reached over HTTP.
 
 vLLM, SGLang, llama.cpp's server, Ollama and hosted providers all serve
-``POST {base_url}/chat/completions``. The backend forwards the client's request as it
-came (every field, unknown ones included) under the engine's model name, always asks
-for a stream with usage, and turns the server-sent events into generation chunks.
+``POST {base_url}/chat/completions``. The backend forwards the client's request under
+the engine's model name, always asks for a stream with usage, and turns the
+server-sent events into generation chunks. Of the fields a client sent that the
+protocol models do not declare, only :data:`ENGINE_EXTRA_FIELDS` reach the engine
+(the gateway drops the others too; this is the worker's own guard).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from infermesh.errors import BackendError, InfermeshError, UpstreamRejected
 from infermesh.protocol.chat import ChatCompletionRequest, FinishReason, ToolCallDelta, Usage
+from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.worker.toolcalls import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +127,35 @@ class OpenAIBackend:
 
 
 def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str, Any]:
-    """The JSON body for the engine: the client's request as sent, streamed, renamed."""
-    body = request.model_dump(mode="json", exclude_none=True)
+    """The JSON body for the engine: the client's request, streamed, renamed, with its
+    declared fields and, of the others, only :data:`ENGINE_EXTRA_FIELDS` at the top."""
+    dumped = request.model_dump(mode="json", exclude_none=True)
+    body = _declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
     body["model"] = engine_model
     body["stream"] = True
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body
+
+
+def _declared_fields(
+    model: BaseModel, dumped: dict[str, Any], *, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``dumped`` (a dump of ``model``) without the undeclared fields not in ``keep``;
+    nested models keep only their declared fields."""
+    fields = type(model).model_fields
+    return {
+        name: _declared_value(getattr(model, name), value)
+        for name, value in dumped.items()
+        if name in fields or name in keep
+    }
+
+
+def _declared_value(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _declared_fields(value, dumped)
+    if isinstance(value, list):
+        return [_declared_value(item, part) for item, part in zip(value, dumped, strict=True)]
+    return dumped
 
 
 class _StreamTranslator:
@@ -207,7 +233,7 @@ class _StreamTranslator:
 
 def _decode_event(data: str) -> dict[str, Any]:
     try:
-        event = json.loads(data)
+        event = load_json(data)
     except ValueError as exc:
         raise BackendError("the upstream engine sent a malformed stream (bad JSON)") from exc
     if not isinstance(event, dict):
@@ -325,7 +351,7 @@ def _status_error(
 def _envelope(content: bytes) -> tuple[str | None, str | None]:
     """Message and param of an error body: OpenAI's envelope, vLLM's flat one, or FastAPI's."""
     try:
-        body = json.loads(content)
+        body = load_json(content.decode(errors="replace"))
     except ValueError:
         return None, None
     error = body.get("error", body) if isinstance(body, dict) else None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, ChatMessage, ImagePart, ToolCall
 from infermesh.worker.engine.sampling import SamplingParams
+from infermesh.worker.toolcalls import MAX_JSON_DEPTH, load_json, structure_nests_deeper_than
 
 
 def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
@@ -31,7 +31,7 @@ def render_prompt(tokenizer: Any, request: ChatCompletionRequest) -> list[int]:
     if request.n is not None and request.n > 1:
         raise InvalidRequest("This engine generates one choice per request (n=1).", param="n")
     messages = [_template_message(message, index) for index, message in enumerate(request.messages)]
-    tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+    tools = _template_tools(request)
     try:
         text = tokenizer.apply_chat_template(
             messages, tools=tools or None, add_generation_prompt=True, tokenize=False
@@ -42,6 +42,18 @@ def render_prompt(tokenizer: Any, request: ChatCompletionRequest) -> list[int]:
     if not ids:
         raise InvalidRequest("The prompt is empty.", param="messages")
     return ids
+
+
+def _template_tools(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The offered tools as plain data; one nested too deep for the template's JSON is refused."""
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+    for index, tool in enumerate(tools):
+        if structure_nests_deeper_than(tool, MAX_JSON_DEPTH):
+            raise InvalidRequest(
+                f"A tool definition may nest objects and arrays at most {MAX_JSON_DEPTH} deep.",
+                param=f"tools[{index}]",
+            )
+    return tools
 
 
 def _template_message(message: ChatMessage, index: int) -> dict[str, Any]:
@@ -73,8 +85,9 @@ def _text_content(message: ChatMessage, index: int) -> str:
 
 
 def _template_tool_call(call: ToolCall) -> dict[str, Any]:
+    """A past tool call; arguments that are not JSON, or nest too deep, stay as written."""
     try:
-        arguments: Any = json.loads(call.function.arguments)
+        arguments: Any = load_json(call.function.arguments)
     except ValueError:
         arguments = call.function.arguments
     return {

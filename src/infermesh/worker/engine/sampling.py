@@ -9,12 +9,21 @@ import torch
 
 _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
+MIN_TEMPERATURE = 1e-4
+"""Below this temperature a request decodes greedily.
+
+Dividing logits by a smaller temperature can overflow float32 (``1e-38`` turns a logit
+of 4 into ``inf``), and well before that the distribution is one-hot anyway: at
+``1e-4`` a logit gap of 0.01 is already a factor of ``e**100``.
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How one request samples: OpenAI's knobs with their defaults filled in.
 
-    ``temperature == 0`` means greedy decoding; ``seed`` makes sampling repeatable.
+    A temperature below :data:`MIN_TEMPERATURE` (zero, but also ``1e-38``, a negative
+    number or NaN) means greedy decoding; ``seed`` makes sampling repeatable.
     """
 
     temperature: float = 1.0
@@ -26,7 +35,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         """Whether the most likely token is always taken."""
-        return self.temperature == 0.0
+        return not self.temperature >= MIN_TEMPERATURE
 
     @property
     def penalised(self) -> bool:
@@ -68,14 +77,35 @@ def choose_token(
     generator: torch.Generator,
     counts: torch.Tensor | None = None,
 ) -> int:
-    """The next token for one sequence from its logits row (shape ``[vocab]``)."""
+    """The next token for one sequence from its logits row (shape ``[vocab]``).
+
+    It never raises on odd numbers: a row whose scaled scores give no valid distribution
+    (NaN or infinite logits or penalties) falls back to its best finite score.
+    """
     scores = logits.float()
     if counts is not None and params.penalised:
         scores = apply_penalties(scores, counts, params)
     if params.greedy:
-        return int(torch.argmax(scores).item())
+        return best_token(scores)
     scores = scores / params.temperature
     if params.top_p < 1.0:
         scores = nucleus_filter(scores, params.top_p)
     probabilities = torch.softmax(scores, dim=-1)
+    if not _is_distribution(probabilities):
+        return best_token(scores)
     return int(torch.multinomial(probabilities, 1, generator=generator).item())
+
+
+def best_token(scores: torch.Tensor) -> int:
+    """The highest score's index; NaN counts as the lowest score, ``+inf`` as the highest."""
+    return int(torch.argmax(scores.nan_to_num(nan=float("-inf"))).item())
+
+
+def _is_distribution(probabilities: torch.Tensor) -> bool:
+    """Whether ``torch.multinomial`` accepts the row: finite, non-negative, some mass.
+
+    Checked first: on CUDA a bad row can trip a device-side assert, which leaves the
+    device unusable instead of raising an exception one could catch.
+    """
+    valid = torch.isfinite(probabilities).all() & (probabilities.sum() > 0)
+    return bool(valid.item())

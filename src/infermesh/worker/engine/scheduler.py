@@ -176,31 +176,52 @@ class Engine:
         return cache
 
     def _decode(self) -> None:
-        """One forward pass for every running sequence, then one token for each."""
+        """One forward pass for every running sequence, then one token for each.
+
+        A failed forward pass fails the whole batch; a sequence whose own step (sampling,
+        detokenizing, stop strings) raises fails alone and the others go on.
+        """
         batch = self._batch
         try:
-            input_ids, attention_mask, position_ids = batch.step_inputs()
-            output = self._model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=batch.cache,
-                use_cache=True,
-            )
-            batch.advance(attention_mask)
-            self.stats.record_step(len(batch))
-            logits = output.logits[:, -1, :]
-            for row, sequence in enumerate(batch.sequences):
-                sequence.accept(sequence.choose(logits[row]))
+            logits = self._forward(batch)
         except Exception as exc:
             logger.exception("engine %s: decode step failed", self._name)
             error = BackendError(f"The engine failed while generating: {exc}")
-            failed = batch.clear()
-            for sequence in failed:
+            lost = batch.clear()
+            for sequence in lost:
                 sequence.fail(error)
-            self.stats.record_end(failed=len(failed))
+            self.stats.record_end(failed=len(lost))
             return
-        self.stats.record_end(completed=len(batch.drop_finished()))
+        failed = sum(
+            not self._take_token(sequence, logits[row])
+            for row, sequence in enumerate(batch.sequences)
+        )
+        self.stats.record_end(completed=len(batch.drop_finished()) - failed, failed=failed)
+
+    def _forward(self, batch: RunningBatch) -> torch.Tensor:
+        """Run the batch's decode step; return each row's logits for its next token."""
+        input_ids, attention_mask, position_ids = batch.step_inputs()
+        output = self._model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        batch.advance(attention_mask)
+        self.stats.record_step(len(batch))
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    def _take_token(self, sequence: Sequence, logits: torch.Tensor) -> bool:
+        """Choose and accept ``sequence``'s next token; on error fail it alone, return False."""
+        try:
+            sequence.accept(sequence.choose(logits))
+        except Exception as exc:
+            logger.exception("engine %s: step of %s failed", self._name, sequence.request_id)
+            sequence.fail(BackendError(f"The engine failed while generating: {exc}"))
+            return False
+        return True
 
     def _publish_load(self) -> None:
         with self._condition:
