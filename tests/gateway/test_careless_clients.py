@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,10 +22,18 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from infermesh.catalog.spec import ModelSpec
 from infermesh.store import Database
-from tests.mesh.helpers import HEARTBEAT, JSON, RawWorker, capture_logs, connected
-from tests.support.gateway import RunningGateway, create_key, start_gateway_on
+from tests.mesh.helpers import (
+    JSON,
+    RawWorker,
+    capture_logs,
+    connected,
+    job_chunk,
+    job_done,
+    own_key,
+    raw_model_gateway,
+)
+from tests.support.gateway import RunningGateway
 from tests.support.invariants import assert_nothing_held, ledger_state
 from tests.support.waiting import wait_until
 
@@ -35,20 +42,11 @@ from tests.support.waiting import wait_until
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    pricing = {"input_per_million": "1", "output_per_million": "2"}
-    spec = ModelSpec.model_validate(
-        {"id": "raw", "tier": "frontier", "context_length": 4096, "pricing": pricing}
-    )
-    with start_gateway_on(
-        request.param,
+    with raw_model_gateway(
+        request,
         tmp_path_factory.mktemp("careless"),
-        specs=[spec],
-        embedded_worker=False,
         queue_timeout=30,  # only the client's own timeout ends a wait
         first_token_timeout=60,
-        **HEARTBEAT,
     ) as running:
         yield running
 
@@ -61,7 +59,7 @@ def nothing_held_after(gateway: RunningGateway) -> Iterator[None]:
 
 @pytest.fixture
 async def key(gateway: RunningGateway) -> str:
-    return await create_key(gateway.settings, f"acct-{uuid.uuid4().hex[:8]}")
+    return await own_key(gateway)
 
 
 def services(gateway: RunningGateway) -> Any:
@@ -76,13 +74,11 @@ def ask(gateway: RunningGateway, key: str, *, timeout: float = 60) -> Any:
 
 
 def chunk(job: JSON, content: str) -> JSON:
-    return {"type": "chunk", "job_id": job["id"], "chunk": {"content": content}}
+    return job_chunk(job, content)
 
 
-def done(job: JSON, *, prompt: int = 3, completion: int = 1) -> JSON:
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
-    usage["total_tokens"] = prompt + completion
-    return {"type": "done", "job_id": job["id"], "finish_reason": "stop", "usage": usage}
+def done(job: JSON) -> JSON:
+    return job_done(job, prompt=3, completion=1)
 
 
 async def answer(worker: RawWorker, job: JSON, text: str = "ok") -> None:

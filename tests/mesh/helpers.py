@@ -8,12 +8,14 @@ import json
 import logging
 import re
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,7 +27,7 @@ from infermesh.protocol.models import Capabilities
 from infermesh.protocol.wire import PROTOCOL_VERSION
 from infermesh.store.database import Database
 from tests.fakes.engine import ScriptedEngine
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, create_key, start_gateway_on
 from tests.support.processes import RunningProcess, infermesh_command
 from tests.support.waiting import wait_until
 
@@ -261,3 +263,44 @@ async def connected(
             yield worker
         finally:
             beating.cancel()
+
+
+def priced_raw_model() -> ModelSpec:
+    """ "raw", served only by raw workers: 1 micro-USD a prompt token, 2 a completion one."""
+    pricing = {"input_per_million": "1", "output_per_million": "2"}
+    spec = {"tier": "frontier", "context_length": 4096, "capabilities": {"tools": True}}
+    return ModelSpec.model_validate({"id": "raw", **spec, "pricing": pricing})
+
+
+@contextmanager
+def raw_model_gateway(request: Any, data_dir: Path, **settings: Any) -> Iterator[RunningGateway]:
+    """A gateway of :func:`priced_raw_model` on the database ``request.param`` names
+    ("sqlite" or "postgres"), with no in-process worker and fast heartbeats."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with start_gateway_on(
+        request.param,
+        data_dir,
+        specs=[priced_raw_model()],
+        embedded_worker=False,
+        **{**HEARTBEAT, **settings},
+    ) as gateway:
+        yield gateway
+
+
+async def own_key(gateway: RunningGateway) -> str:
+    """A key of an account of its own (its limits and ledger are one test's alone)."""
+    return await create_key(gateway.settings, f"acct-{uuid.uuid4().hex[:8]}")
+
+
+def job_chunk(job: JSON, content: str) -> JSON:
+    return {"type": "chunk", "job_id": job["id"], "chunk": {"content": content}}
+
+
+def job_done(job: JSON, *, prompt: int, completion: int, total: int | None = None) -> JSON:
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion if total is None else total,
+    }
+    return {"type": "done", "job_id": job["id"], "finish_reason": "stop", "usage": usage}

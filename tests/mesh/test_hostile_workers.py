@@ -21,13 +21,21 @@ import pytest
 from openai import AsyncOpenAI
 from sqlalchemy import select
 
-from infermesh.catalog.spec import ModelSpec
 from infermesh.chat.accounting import COMPLETION_SLACK_TOKENS
 from infermesh.mesh.remote import RemoteWorker
 from infermesh.store import Database
 from infermesh.store.tables import Base
-from tests.mesh.helpers import HEARTBEAT, JSON, RawWorker, capture_logs, connected
-from tests.support.gateway import RunningGateway, create_key, start_gateway_on
+from tests.mesh.helpers import (
+    JSON,
+    RawWorker,
+    capture_logs,
+    connected,
+    job_chunk,
+    job_done,
+    own_key,
+    raw_model_gateway,
+)
+from tests.support.gateway import RunningGateway
 from tests.support.invariants import assert_nothing_held
 from tests.support.waiting import wait_until
 
@@ -37,29 +45,18 @@ OUT_PER_MILLION = 2_000_000
 DEADLINE = 3.0
 
 
-def hostile_specs() -> list[ModelSpec]:
-    pricing = {"input_per_million": "1", "output_per_million": "2"}
-    spec = {"tier": "frontier", "context_length": 4096, "capabilities": {"tools": True}}
-    return [ModelSpec.model_validate({"id": "raw", **spec, "pricing": pricing})]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with start_gateway_on(
-        request.param,
+    with raw_model_gateway(
+        request,
         tmp_path_factory.mktemp("hostile"),
-        specs=hostile_specs(),
-        embedded_worker=False,
         admin_key=ADMIN_KEY,
         first_token_timeout=DEADLINE,
         chunk_timeout=DEADLINE,
         request_timeout=30,
         queue_timeout=2,
-        **HEARTBEAT,
     ) as running:
         yield running
 
@@ -72,8 +69,7 @@ def nothing_held_after(gateway: RunningGateway) -> Iterator[None]:
 
 @pytest.fixture
 async def key(gateway: RunningGateway) -> str:
-    """A key of an account of its own (its limits and ledger are this test's alone)."""
-    return await create_key(gateway.settings, f"acct-{uuid.uuid4().hex[:8]}")
+    return await own_key(gateway)
 
 
 def client(gateway: RunningGateway, key: str) -> AsyncOpenAI:
@@ -86,19 +82,6 @@ def ask(gateway: RunningGateway, key: str, text: str = "hi raw", **options: Any)
             model="raw", messages=[{"role": "user", "content": text}], **options
         )
     )
-
-
-def chunk(job: JSON, content: str) -> JSON:
-    return {"type": "chunk", "job_id": job["id"], "chunk": {"content": content}}
-
-
-def done(job: JSON, *, prompt: int, completion: int, total: int | None = None) -> JSON:
-    usage = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion if total is None else total,
-    }
-    return {"type": "done", "job_id": job["id"], "finish_reason": "stop", "usage": usage}
 
 
 def remote(gateway: RunningGateway, worker: RawWorker) -> RemoteWorker:
@@ -119,8 +102,8 @@ async def answer_jobs(worker: RawWorker, text: str) -> None:
     """An honest worker: answers every job with ``text`` and true usage."""
     while True:
         job = await worker.next_job()
-        await worker.send(chunk(job, text))
-        await worker.send(done(job, prompt=4, completion=1))
+        await worker.send(job_chunk(job, text))
+        await worker.send(job_done(job, prompt=4, completion=1))
 
 
 async def test_inflated_usage_is_billed_at_the_gateways_count(
@@ -129,8 +112,8 @@ async def test_inflated_usage_is_billed_at_the_gateways_count(
     async with connected(gateway, "inflator", concurrency=1) as worker:
         answer = ask(gateway, key)
         job = await worker.next_job()
-        await worker.send(chunk(job, "hi"))
-        await worker.send(done(job, prompt=5, completion=10**12))
+        await worker.send(job_chunk(job, "hi"))
+        await worker.send(job_done(job, prompt=5, completion=10**12))
         response = await answer
         node = remote(gateway, worker)
         assert node.strikes == 1
@@ -157,8 +140,8 @@ async def test_inflated_usage_is_billed_at_the_gateways_count(
         # A second inflated report is the last: the connection is closed.
         again = ask(gateway, key)
         job = await worker.next_job()
-        await worker.send(chunk(job, "hi"))
-        await worker.send(done(job, prompt=5, completion=10**9))
+        await worker.send(job_chunk(job, "hi"))
+        await worker.send(job_done(job, prompt=5, completion=10**9))
         second = await again
         assert second.usage.completion_tokens <= 2 + COMPLETION_SLACK_TOKENS
         code, reason = await worker.closed()
@@ -178,8 +161,8 @@ async def test_absurd_usage_closes_the_connection_with_no_5xx(
     async with connected(gateway, "absurd", concurrency=1) as worker:
         answer = ask(gateway, key)
         job = await worker.next_job()
-        await worker.send(chunk(job, "hi"))
-        await worker.send(json.dumps(done(job, prompt=5, completion=10**400)))
+        await worker.send(job_chunk(job, "hi"))
+        await worker.send(json.dumps(job_done(job, prompt=5, completion=10**400)))
         code, reason = await worker.closed()
         with pytest.raises(openai.APIStatusError) as caught:
             await answer
@@ -249,12 +232,12 @@ async def test_a_flood_of_chunks_to_a_slow_reader_is_cut_off(
     async with connected(gateway, "flooder", concurrency=1) as worker:
         reader = asyncio.ensure_future(collect_stream(gateway, key, opened=opened, after=read))
         job = await worker.next_job()
-        await worker.send(chunk(job, "first"))
+        await worker.send(job_chunk(job, "first"))
         node = remote(gateway, worker)
         await asyncio.wait_for(opened.wait(), timeout=30)  # the stream has begun
         before = rss_bytes()
         for _ in range(frames):  # the client reads nothing meanwhile
-            await worker.send(chunk(job, piece))
+            await worker.send(job_chunk(job, piece))
         await asyncio.to_thread(wait_until, lambda: node.dropped_frames >= frames - 10, timeout=120)
         grown = rss_bytes() - before
         record_property("gateway_rss_growth_mib", round(grown / 2**20, 1))
@@ -311,7 +294,7 @@ async def test_a_worker_that_goes_silent_midway_ends_the_stream(
     async with connected(gateway, "stalls", concurrency=1) as worker:
         answer = asyncio.ensure_future(collect_stream(gateway, key))
         job = await worker.next_job()
-        await worker.send(chunk(job, "first words"))
+        await worker.send(job_chunk(job, "first words"))
         events = await asyncio.wait_for(answer, timeout=DEADLINE + 20)
         stats = gateway.app.state.services.registry.stats(worker.welcome["node_id"])
         assert stats.failures == 1

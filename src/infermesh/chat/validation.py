@@ -13,6 +13,7 @@ from infermesh.chat.images import check_image_url
 from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, ImagePart, NamedToolChoice
 from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS as ENGINE_EXTRA_FIELDS
+from infermesh.protocol.engine_fields import declared_fields
 
 MAX_STOP_SEQUENCES = 4
 MAX_JSON_DEPTH = 64
@@ -149,25 +150,5 @@ def engine_request(request: ChatCompletionRequest) -> ChatCompletionRequest:
     :mod:`infermesh.protocol.engine_fields` for why); messages, tools and the other
     nested objects keep only their declared fields. ``request`` is left as it is."""
     dumped = request.model_dump(exclude_unset=True)
-    kept = _declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
+    kept = declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
     return ChatCompletionRequest.model_validate(kept)
-
-
-def _declared_fields(
-    model: BaseModel, dumped: dict[str, Any], *, keep: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """``dumped`` (a dump of ``model``) without the undeclared fields not in ``keep``."""
-    fields = type(model).model_fields
-    return {
-        name: _declared_value(getattr(model, name), value)
-        for name, value in dumped.items()
-        if name in fields or name in keep
-    }
-
-
-def _declared_value(value: Any, dumped: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return _declared_fields(value, dumped)
-    if isinstance(value, list):
-        return [_declared_value(item, part) for item, part in zip(value, dumped, strict=True)]
-    return dumped

@@ -30,6 +30,10 @@ A field is added here only with its reason.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
 ENGINE_EXTRA_FIELDS: frozenset[str] = frozenset(
     {
         "top_k",
@@ -41,3 +45,24 @@ ENGINE_EXTRA_FIELDS: frozenset[str] = frozenset(
     }
 )
 """Undeclared request fields forwarded to engines (see the module's documentation)."""
+
+
+def declared_fields(
+    model: BaseModel, dumped: dict[str, Any], *, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``dumped`` (a dump of ``model``) without the undeclared fields not in ``keep``;
+    nested models keep only their declared fields."""
+    fields = type(model).model_fields
+    return {
+        name: _declared_value(getattr(model, name), value)
+        for name, value in dumped.items()
+        if name in fields or name in keep
+    }
+
+
+def _declared_value(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return declared_fields(value, dumped)
+    if isinstance(value, list):
+        return [_declared_value(item, part) for item, part in zip(value, dumped, strict=True)]
+    return dumped

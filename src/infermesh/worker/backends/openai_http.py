@@ -16,11 +16,11 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from infermesh.errors import BackendError, InfermeshError, UpstreamRejected
 from infermesh.protocol.chat import ChatCompletionRequest, FinishReason, ToolCallDelta, Usage
-from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS
+from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS, declared_fields
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.worker.toolcalls import load_json
 
@@ -130,32 +130,11 @@ def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str
     """The JSON body for the engine: the client's request, streamed, renamed, with its
     declared fields and, of the others, only :data:`ENGINE_EXTRA_FIELDS` at the top."""
     dumped = request.model_dump(mode="json", exclude_none=True)
-    body = _declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
+    body = declared_fields(request, dumped, keep=ENGINE_EXTRA_FIELDS)
     body["model"] = engine_model
     body["stream"] = True
     body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body
-
-
-def _declared_fields(
-    model: BaseModel, dumped: dict[str, Any], *, keep: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """``dumped`` (a dump of ``model``) without the undeclared fields not in ``keep``;
-    nested models keep only their declared fields."""
-    fields = type(model).model_fields
-    return {
-        name: _declared_value(getattr(model, name), value)
-        for name, value in dumped.items()
-        if name in fields or name in keep
-    }
-
-
-def _declared_value(value: Any, dumped: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return _declared_fields(value, dumped)
-    if isinstance(value, list):
-        return [_declared_value(item, part) for item, part in zip(value, dumped, strict=True)]
-    return dumped
 
 
 class _StreamTranslator:
