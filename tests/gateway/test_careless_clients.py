@@ -111,6 +111,8 @@ async def test_queued_clients_that_give_up_leave_the_model_available(
         for waiting in impatient:
             with pytest.raises(openai.APITimeoutError):
                 await waiting
+        with pytest.raises(httpx.ReadTimeout):  # a queued stream gives up too
+            await open_stream(gateway, key, read_timeout=0.5)
         wait_until(lambda: services(gateway).registry.waiting() == 0, timeout=10)
         await answer(worker, job)
         assert (await first).choices[0].message.content == "ok"
