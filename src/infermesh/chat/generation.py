@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from infermesh.chat.assembly import CompletionBuilder, ResponseIdentity
 from infermesh.errors import InfermeshError, WorkerTimeout
 from infermesh.mesh.registry import Lease
+from infermesh.mesh.worker import text_bytes
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk
 
@@ -106,13 +107,7 @@ class Generation:
 
     def _observe(self, chunk: GenerationChunk) -> GenerationChunk:
         self.builder.add(chunk)
-        if chunk.content:
-            self.text_bytes += len(chunk.content.encode())
-        for delta in chunk.tool_calls or ():
-            function = delta.function
-            if function is not None:
-                self.text_bytes += len((function.name or "").encode())
-                self.text_bytes += len((function.arguments or "").encode())
+        self.text_bytes += text_bytes(chunk)
         if chunk.progress is not None:
             self.claimed = chunk.progress
         if chunk.usage is not None:

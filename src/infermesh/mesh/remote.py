@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from infermesh.errors import InfermeshError, WorkerFailed, WorkerLost, WorkerMisbehaved
-from infermesh.mesh.worker import JobTerms, Operator
+from infermesh.mesh.worker import JobTerms, Operator, text_bytes
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.protocol.wire import (
@@ -309,13 +309,8 @@ class RemoteWorker:
 
 
 def _output_bytes(chunk: GenerationChunk) -> int:
-    size = len(chunk.content.encode()) if chunk.content else 0
-    for delta in chunk.tool_calls or ():
-        size += len(delta.id or "")
-        if delta.function is not None:
-            size += len((delta.function.name or "").encode())
-            size += len((delta.function.arguments or "").encode())
-    return size
+    """The chunk's text and the tool-call ids the worker made up (a flood may hide there)."""
+    return text_bytes(chunk) + sum(len(delta.id or "") for delta in chunk.tool_calls or ())
 
 
 def _adds_up(usage: Usage) -> bool:

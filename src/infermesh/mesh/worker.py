@@ -49,6 +49,17 @@ class JobTerms:
         return self.max_output_tokens * 2 + OUTPUT_SLACK_CHUNKS
 
 
+def text_bytes(chunk: GenerationChunk) -> int:
+    """UTF-8 bytes of the text a chunk carries: content, tool-call names and arguments.
+    What a job's output is measured by (its caps here, its usage bounds at the gateway)."""
+    size = len(chunk.content.encode()) if chunk.content else 0
+    for delta in chunk.tool_calls or ():
+        function = delta.function
+        if function is not None:
+            size += len((function.name or "").encode()) + len((function.arguments or "").encode())
+    return size
+
+
 class Worker(Protocol):
     """Something that runs generation jobs for a set of catalog models.
 
