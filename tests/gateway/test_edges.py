@@ -13,10 +13,10 @@ import httpx
 import openai
 import pytest
 
-from infermesh.chat.validation import MAX_JSON_DEPTH
 from infermesh.gateway.deps import AdminAttempts
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.protocol.generation import GenerationJob
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH
 from infermesh.protocol.wire import Job, gateway_frames
 from infermesh.telemetry import MAX_LOGGED_CHARS, RequestRecord, format_access_line
 from tests.fakes.engine import ScriptedEngine

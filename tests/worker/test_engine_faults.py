@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.protocol.generation import GenerationJob
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH
 from infermesh.worker.backends.transformers import TransformersBackend
 from infermesh.worker.engine import (
     Engine,
@@ -29,7 +30,6 @@ from infermesh.worker.engine import (
     render_prompt,
 )
 from infermesh.worker.engine.sampling import choose_token, make_generator
-from infermesh.worker.toolcalls import MAX_JSON_DEPTH
 
 TINY_TEMPERATURE = 1e-38
 

@@ -7,14 +7,13 @@ import time
 
 import pytest
 
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH, structure_nests_deeper_than
 from infermesh.worker.toolcalls import (
-    MAX_JSON_DEPTH,
     ToolCallStream,
     held_back_suffix,
     load_json,
     nests_deeper_than,
     parse_tool_calls,
-    structure_nests_deeper_than,
 )
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

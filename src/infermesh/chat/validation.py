@@ -14,14 +14,9 @@ from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, ImagePart, NamedToolChoice
 from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS as ENGINE_EXTRA_FIELDS
 from infermesh.protocol.engine_fields import declared_fields
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH, structure_nests_deeper_than
 
 MAX_STOP_SEQUENCES = 4
-MAX_JSON_DEPTH = 64
-"""How deep a free-form JSON value of a request (tool parameters, a response format's
-schema, a field we do not declare) may nest objects and arrays. A job frame holds the
-request a few levels deeper, and pydantic's JSON parser, which reads frames on a worker,
-stops at about 200 levels: this bound keeps every job readable, far above what real JSON
-schemas need."""
 
 
 def check_request(request: ChatCompletionRequest, spec: ModelSpec, *, max_image_bytes: int) -> None:
@@ -107,7 +102,7 @@ def _check_messages(
 
 def _check_depth(request: ChatCompletionRequest) -> None:
     for param, value in _free_form_values(request, prefix=""):
-        if _nests_deeper_than(value, MAX_JSON_DEPTH):
+        if structure_nests_deeper_than(value, MAX_JSON_DEPTH):
             raise InvalidRequest(
                 f"'{param}' nests JSON objects and arrays more than {MAX_JSON_DEPTH} levels deep.",
                 param=param,
@@ -131,17 +126,6 @@ def _free_form_in(value: Any, param: str) -> Iterator[tuple[str, Any]]:
             yield from _free_form_in(item, f"{param}[{index}]")
     elif isinstance(value, dict | list):
         yield param, value
-
-
-def _nests_deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` holds more than ``limit`` levels of objects and arrays."""
-    if isinstance(value, dict):
-        children: Any = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return False
-    return limit == 0 or any(_nests_deeper_than(child, limit - 1) for child in children)
 
 
 def engine_request(request: ChatCompletionRequest) -> ChatCompletionRequest:

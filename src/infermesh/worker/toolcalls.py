@@ -18,16 +18,10 @@ from itertools import accumulate, count
 from typing import Any
 
 from infermesh.protocol.chat import FunctionCall, ToolCall
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
-
-MAX_JSON_DEPTH = 64
-"""The deepest nesting of arrays and objects the worker parses from untrusted text.
-
-``json.loads`` recurses once per level and raises ``RecursionError`` (not ``ValueError``)
-somewhere under a thousand levels; real tool arguments nest a handful of levels.
-"""
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 # Brackets as steps of a running sum: an opening one counts 2, a closing one 0, so
@@ -116,24 +110,6 @@ def nests_deeper_than(text: str, depth: int) -> bool:
     if b"\x02" * (depth + 1) in steps:  # that many brackets opened in a row
         return True
     return max(map(operator.sub, accumulate(steps), count(1)), default=0) > depth
-
-
-def structure_nests_deeper_than(value: Any, depth: int) -> bool:
-    """Whether the lists and dicts in ``value`` nest more than ``depth`` levels.
-
-    It walks one level at a time, without recursion, and stops below ``depth + 1``.
-    """
-    layer = [value]
-    for _ in range(depth + 1):
-        containers = [item for item in layer if isinstance(item, dict | list)]
-        if not containers:
-            return False
-        layer = [
-            child
-            for container in containers
-            for child in (container.values() if isinstance(container, dict) else container)
-        ]
-    return True
 
 
 def held_back_suffix(text: str, marker: str) -> int:

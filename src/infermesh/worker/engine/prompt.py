@@ -6,8 +6,9 @@ from typing import Any
 
 from infermesh.errors import InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, ChatMessage, ImagePart, ToolCall
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH, structure_nests_deeper_than
 from infermesh.worker.engine.sampling import SamplingParams
-from infermesh.worker.toolcalls import MAX_JSON_DEPTH, load_json, structure_nests_deeper_than
+from infermesh.worker.toolcalls import load_json
 
 
 def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
