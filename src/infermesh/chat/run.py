@@ -20,14 +20,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from infermesh.accounts.records import Principal
 from infermesh.billing.ledger import Settled
 from infermesh.billing.service import BillingService, Charge, Outcome, OutcomeStatus
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
-from infermesh.chat.accounting import Relayed, UsageBounds, audit_usage, clamp_usage
+from infermesh.chat.accounting import Audit, Relayed, UsageBounds, audit_usage, clamp_usage
 from infermesh.chat.assembly import ResponseIdentity
 from infermesh.chat.counting import TokenCounter, TokenCounters
 from infermesh.chat.generation import Deadlines, Generation, stop_job
@@ -102,6 +102,7 @@ class ChatRun:
         self._admission: Admission | None = None
         self._counter: TokenCounter | None = None
         self._bounds: UsageBounds | None = None
+        self._audited: Audit | None = None
         self._job: GenerationJob | None = None
         self._tried: set[str] = set()
         self._closing: asyncio.Future[RunResult] | None = None
@@ -175,7 +176,7 @@ class ChatRun:
         if generation is None or generation.claimed is None:
             return NO_USAGE
         if generation.finished:
-            return audit_usage(generation.claimed, self._usage_bounds(), self._relayed()).usage
+            return self._audit(generation).usage
         return clamp_usage(generation.claimed, self._usage_bounds(), self._relayed())
 
     # --- opening ----------------------------------------------------------------------
@@ -234,7 +235,14 @@ class ChatRun:
         lease.first_token()
         self._record.node_id = lease.worker.node_id
         self._record.time_to_first_token_ms = (time.perf_counter() - self.started) * 1000
-        return Generation(self._identity(lease), first, chunks, lease, **self._timing())
+        return Generation(
+            self._identity(lease),
+            first,
+            chunks,
+            lease,
+            deadlines=self._context.deadlines,
+            ends_at=self._ends_at,
+        )
 
     async def _first_chunk(self, chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk:
         loop = asyncio.get_running_loop()
@@ -248,9 +256,6 @@ class ChatRun:
             raise WorkerTimeout(
                 f"The worker sent no first token within {max(timeout, 0):.0f}s."
             ) from None
-
-    def _timing(self) -> dict[str, Any]:
-        return {"deadlines": self._context.deadlines, "ends_at": self._ends_at}
 
     def _identity(self, lease: Lease) -> ResponseIdentity:
         assert self.spec is not None
@@ -293,6 +298,21 @@ class ChatRun:
             assert self.spec is not None
             self._counter = self._context.counters.for_model(self.spec)
         return self._counter
+
+    def _audit(self, generation: Generation) -> Audit:
+        """The finished generation's usage claim, checked (once: the answer's usage and
+        the bill are the same)."""
+        if self._audited is None:
+            claimed = generation.claimed
+            if claimed is None:
+                logger.warning(
+                    "worker %s sent no usage for %s",
+                    generation.lease.worker.node_id,
+                    self._record.request_id,
+                )
+                claimed = NO_USAGE
+            self._audited = audit_usage(claimed, self._usage_bounds(), self._relayed())
+        return self._audited
 
     def _relayed(self) -> Relayed:
         generation = self.generation
@@ -345,13 +365,7 @@ class ChatRun:
 
     def _finished(self, generation: Generation) -> Outcome:
         lease = generation.lease
-        claimed = generation.claimed
-        if claimed is None:
-            logger.warning(
-                "worker %s sent no usage for %s", lease.worker.node_id, self._record.request_id
-            )
-            claimed = NO_USAGE
-        audit = audit_usage(claimed, self._usage_bounds(), self._relayed())
+        audit = self._audit(generation)
         if audit.violation is not None:
             lease.failed()
             lease.worker.penalize(f"usage beyond what the gateway saw ({audit.violation})")
