@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from infermesh.gateway.deps import AdminAttempts
+from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.protocol.generation import GenerationJob
 from infermesh.protocol.json_depth import MAX_JSON_DEPTH

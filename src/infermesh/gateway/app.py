@@ -29,6 +29,7 @@ from infermesh.chat.generation import Deadlines
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
+from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
 from infermesh.gateway.routes import admin, chat, credits, health, limits, models, workers
@@ -90,6 +91,9 @@ def create_app(
             billing=billing,
             credits=CreditAdmin(accounts, billing.ledger),
             limits=limiter,
+            admin_attempts=AdminAttempts(
+                limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
+            ),
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))

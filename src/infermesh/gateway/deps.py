@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import hmac
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from infermesh.accounts.records import Principal
-from infermesh.config import Settings
 from infermesh.errors import Forbidden, RateLimited, Unauthorized
 from infermesh.gateway.middleware import request_record
 from infermesh.gateway.state import Services
@@ -57,75 +53,6 @@ async def authenticate(
     return principal
 
 
-class AdminAttempts:
-    """Wrong admin keys per client address, counted over a sliding window.
-
-    An address with ``limit`` failures in the last ``window`` seconds is locked out until
-    the oldest of them leaves the window. Only failures are kept, and for at most
-    ``max_addresses`` addresses: past that, the address whose last failure is oldest is
-    forgotten first (whoever holds that many addresses is not slowed by a larger table).
-    """
-
-    def __init__(
-        self,
-        *,
-        limit: int,
-        window: float,
-        max_addresses: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._limit = limit
-        self._window = window
-        self._max_addresses = max_addresses
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # oldest last failure first
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def locked_for(self, address: str) -> float | None:
-        """Seconds until ``address`` may try again, or ``None`` when it may now."""
-        now = self._clock()
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        while failures and failures[0] <= now - self._window:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-        if len(failures) < self._limit:
-            return None
-        return failures[0] + self._window - now
-
-    def failed(self, address: str) -> None:
-        """Count a wrong key from ``address``."""
-        now = self._clock()
-        self._forget_expired(now)
-        failures = self._failures.pop(address, None) or deque(maxlen=self._limit)
-        failures.append(now)
-        self._failures[address] = failures
-        while len(self._failures) > self._max_addresses:
-            self._failures.popitem(last=False)
-
-    def _forget_expired(self, now: float) -> None:
-        while self._failures:
-            oldest = next(iter(self._failures.values()))
-            if oldest[-1] > now - self._window:
-                return
-            self._failures.popitem(last=False)
-
-
-def admin_attempts(request: Request, settings: Settings) -> AdminAttempts:
-    """The app's :class:`AdminAttempts`, made on first use."""
-    attempts = getattr(request.app.state, "admin_attempts", None)
-    if not isinstance(attempts, AdminAttempts):
-        attempts = AdminAttempts(
-            limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
-        )
-        request.app.state.admin_attempts = attempts
-    return attempts
-
-
 async def require_admin(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> None:
@@ -141,7 +68,7 @@ async def require_admin(
             "The admin API is disabled: set INFERMESH_ADMIN_KEY on the gateway to enable it.",
             code="admin_disabled",
         )
-    attempts = admin_attempts(request, services.settings)
+    attempts = services.admin_attempts
     address = request.client.host if request.client else "unknown"
     locked_for = attempts.locked_for(address)
     if locked_for is not None:

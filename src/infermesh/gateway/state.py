@@ -11,6 +11,7 @@ from infermesh.billing.service import BillingService
 from infermesh.catalog.catalog import Catalog
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
+from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.store.database import Database
@@ -32,3 +33,4 @@ class Services:
     billing: BillingService
     credits: CreditAdmin
     limits: RateLimiter
+    admin_attempts: AdminAttempts
