@@ -86,16 +86,6 @@ async def answer(worker: RawWorker, job: JSON, text: str = "ok") -> None:
     await worker.send(done(job))
 
 
-async def frame_of(worker: RawWorker, kind: str, job: JSON) -> None:
-    """Wait for a frame of ``kind`` about ``job`` (e.g. its cancel)."""
-    import json
-
-    while True:
-        frame = json.loads(await worker.websocket.recv())
-        if frame["type"] == kind and frame.get("job_id") == job["id"]:
-            return
-
-
 def in_use(gateway: RunningGateway) -> tuple[int, int, int]:
     state = services(gateway)
     return state.registry.in_flight(), state.limits.slots_held, state.billing.live_holds
@@ -134,7 +124,7 @@ async def test_a_stream_client_that_leaves_before_the_first_token_frees_everythi
         with pytest.raises(httpx.ReadTimeout):
             await leaving
         # Well before the first-token deadline (60 s): the worker is told to stop.
-        await asyncio.wait_for(frame_of(worker, "cancel", job), timeout=10)
+        await asyncio.wait_for(worker.next_frame("cancel", job_id=job["id"]), timeout=10)
         wait_until(lambda: in_use(gateway) == (0, 0, 0), timeout=10)
 
 
@@ -157,7 +147,7 @@ async def test_a_stream_client_that_leaves_midway_frees_everything_and_pays_for_
         )
         await asyncio.wait_for(got_first.wait(), timeout=10)
         await leaving
-        await asyncio.wait_for(frame_of(worker, "cancel", job), timeout=10)
+        await asyncio.wait_for(worker.next_frame("cancel", job_id=job["id"]), timeout=10)
         wait_until(lambda: in_use(gateway) == (0, 0, 0), timeout=10)
 
 

@@ -228,12 +228,17 @@ class RawWorker:
     async def send(self, frame: JSON | str | bytes) -> None:
         await self.websocket.send(json.dumps(frame) if isinstance(frame, dict) else frame)
 
-    async def next_job(self) -> JSON:
+    async def next_frame(self, kind: str, *, job_id: str | None = None) -> JSON:
+        """The next frame of ``kind`` from the gateway (about ``job_id`` if given);
+        the frames before it are passed over."""
         while True:
-            frame = json.loads(await self.websocket.recv())
-            if frame["type"] == "job":
-                job: JSON = frame["job"]
-                return job
+            frame: JSON = json.loads(await self.websocket.recv())
+            if frame["type"] == kind and job_id in (None, frame.get("job_id")):
+                return frame
+
+    async def next_job(self) -> JSON:
+        job: JSON = (await self.next_frame("job"))["job"]
+        return job
 
     async def closed(self) -> tuple[int | None, str | None]:
         """The close code and reason, once the gateway has closed the connection."""

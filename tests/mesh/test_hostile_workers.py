@@ -26,7 +26,6 @@ from infermesh.mesh.remote import RemoteWorker
 from infermesh.store import Database
 from infermesh.store.tables import Base
 from tests.mesh.helpers import (
-    JSON,
     RawWorker,
     capture_logs,
     connected,
@@ -255,13 +254,6 @@ async def test_a_flood_of_chunks_to_a_slow_reader_is_cut_off(
     assert relayed <= 4096 * 32 + 4096 + len(piece)  # the job's cap, at most one chunk over
 
 
-async def next_frame_of(worker: RawWorker, kind: str) -> JSON:
-    while True:
-        frame: JSON = json.loads(await worker.websocket.recv())
-        if frame["type"] == kind:
-            return frame
-
-
 def rss_bytes() -> int:
     """The resident memory of this process (the gateway runs in it)."""
     with open("/proc/self/statm") as statm:
@@ -283,7 +275,7 @@ async def test_a_worker_that_never_answers_is_timed_out_and_failed_over(
                 answering.cancel()
         assert response.choices[0].message.content == "rescued"
         assert response.metadata == {"node_id": rescuer.welcome["node_id"]}
-        assert await asyncio.wait_for(next_frame_of(silent, "cancel"), timeout=10)
+        assert await asyncio.wait_for(silent.next_frame("cancel"), timeout=10)
         stats = gateway.app.state.services.registry.stats(silent.welcome["node_id"])
         assert stats.failures == 1
 
