@@ -50,7 +50,20 @@ class Settings(BaseSettings):
         default=0.8, ge=0, le=1, description="share of each charge credited to the operator"
     )
     hold_ttl: float = Field(
-        default=1800.0, gt=0, description="seconds before an unsettled credit hold is released"
+        default=120.0,
+        gt=0,
+        description="seconds before the credit a dead gateway held (its slices) is released",
+    )
+    settle_interval: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="seconds between the batches in which settlements are written",
+    )
+    credit_slice_idle: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds an unused credit slice is kept before it is given back",
     )
     bootstrap_grant: str = Field(
         default="1", description="USD granted to the first account that `serve` creates"
@@ -84,6 +97,16 @@ class Settings(BaseSettings):
     )
     limits_cache_ttl: float = Field(
         default=5.0, ge=0, description="seconds a gateway caches the limits set by admins"
+    )
+    key_cache_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a gateway trusts what it cached of an API key: a key revoked "
+        "elsewhere stops working here within this time (within milliseconds when the "
+        "change is announced on Redis); 0 turns the key cache off",
+    )
+    key_cache_size: int = Field(
+        default=10_000, ge=1, description="API keys a gateway caches at most (unknown keys too)"
     )
 
     @property

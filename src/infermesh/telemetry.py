@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -48,6 +48,11 @@ class RequestRecord:
     """Headers for the response, errors included (the rate-limit headers); not logged."""
 
 
+_LOGGED_FIELDS = tuple(
+    item.name for item in fields(RequestRecord) if item.name != "response_headers"
+)
+
+
 class Metrics:
     """The gateway's Prometheus metrics, on a registry of its own (not the global one)."""
 
@@ -79,17 +84,31 @@ class Metrics:
             ["model", "direction"],
             registry=self.registry,
         )
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def observe(self, record: RequestRecord) -> None:
+        """Count a finished request: two to five metric updates, no label lookups after
+        the first request of a route, model and status."""
         model = record.model or ""
-        self.requests.labels(record.route, model, str(record.status)).inc()
-        self.latency.labels(record.route, model).observe(record.latency_ms / 1000)
+        self._child(self.requests, record.route, model, str(record.status)).inc()
+        self._child(self.latency, record.route, model).observe(record.latency_ms / 1000)
         if record.time_to_first_token_ms is not None:
-            self.time_to_first_token.labels(model).observe(record.time_to_first_token_ms / 1000)
+            ttft = record.time_to_first_token_ms / 1000
+            self._child(self.time_to_first_token, model).observe(ttft)
         if record.prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
+            self._child(self.tokens, model, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(model, "completion").inc(record.completion_tokens)
+            self._child(self.tokens, model, "completion").inc(record.completion_tokens)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered (the client's own lookup takes a lock
+        and checks the labels each time). Holds no more than the metric itself does:
+        routes and models are the app's and the catalog's, statuses are few."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
@@ -104,17 +123,17 @@ def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
     value with a space, a quote, a backslash, an ``=`` or a character that is not
     printable is written in double quotes with backslash escapes (``\\n``, ``\\x1b``).
     """
-    fields = {
-        key: _bounded(value)
-        for key, value in asdict(record).items()
-        if value is not None and key != "response_headers"
-    }
-    fields["latency_ms"] = round(record.latency_ms, 1)
+    logged: dict[str, Any] = {}
+    for name in _LOGGED_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            logged[name] = _bounded(value)
+    logged["latency_ms"] = round(record.latency_ms, 1)
     if record.time_to_first_token_ms is not None:
-        fields["time_to_first_token_ms"] = round(record.time_to_first_token_ms, 1)
+        logged["time_to_first_token_ms"] = round(record.time_to_first_token_ms, 1)
     if as_json:
-        return json.dumps(fields, separators=(",", ":"))
-    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+        return json.dumps(logged, separators=(",", ":"))
+    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in logged.items())
 
 
 def _bounded(value: Any) -> Any:

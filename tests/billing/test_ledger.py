@@ -252,8 +252,10 @@ async def test_billing_service_holds_the_bound_and_settles_usage(
     outcome = Outcome("succeeded", USED, stream=False, latency_ms=5.0, operator=worker)
     settled = await billing.settle(charge, outcome)
     assert settled.charged == 8 and settled.balance == BalanceRecord(alice, 999_992, 0)
+    assert (await billing.settle(charge, outcome)).repeated  # before it is written
+    await billing.close()  # settlements are written in batches; this writes the last one
     assert await ledger.balance(operator) == BalanceRecord(operator, 6, 0)  # 6.4 rounded down
-    assert (await billing.settle(charge, outcome)).repeated
+    assert (await billing.settle(charge, outcome)).repeated  # and after
     assert await assert_consistent(ledger, alice) == BalanceRecord(alice, 999_992, 0)
 
 
@@ -267,6 +269,7 @@ async def test_failed_request_releases_the_whole_hold(
     assert (charge.held, charge.available) == (10_000, 40_000)
     outcome = Outcome("failed", USED, stream=False, latency_ms=1.0, error_code="backend_error")
     assert (await billing.settle(charge, outcome)).charged == 0
+    await billing.close()
     assert await assert_consistent(ledger, alice) == BalanceRecord(alice, 50_000, 0)
     row = await stored(database, UsageEntry, "c1")
     assert row is not None and (row.status, row.cost) == ("failed", 0)

@@ -24,6 +24,7 @@ from tests.fakes.engine import ScriptedEngine
 from tests.gateway.test_billing import PER_TOKEN, SECRETS, Customer, cost_of, priced, token_cost
 from tests.mesh.helpers import HEARTBEAT, WorkerProcess, openai_worker, run_worker
 from tests.support.gateway import RunningGateway, start_gateway, wait_until_available
+from tests.support.invariants import wait_written
 
 ADMIN_KEY = "earnings-admin-key"
 OPERATOR = "alice"
@@ -64,6 +65,7 @@ async def _money(settings: Settings) -> tuple[int, int]:
 
 
 def money(mesh: Mesh) -> tuple[int, int]:
+    wait_written(mesh.gateway)
     return asyncio.run(_money(mesh.gateway.settings))
 
 

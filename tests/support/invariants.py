@@ -42,12 +42,26 @@ def assert_nothing_held(gateway: RunningGateway, *, timeout: float = 20) -> None
     assert not state.unbalanced, "\n".join(state.unbalanced)
 
 
+def wait_written(gateway: RunningGateway, *, timeout: float = 20) -> None:
+    """Wait until ``gateway`` has written its settlements (they are written in batches,
+    a few tens of milliseconds after each request)."""
+    services: Services = gateway.app.state.services
+    wait_until(
+        lambda: not services.billing.slices.unwritten(),
+        timeout=timeout,
+        what="the gateway wrote its settlements",
+    )
+
+
 def _held(services: Services) -> dict[str, int]:
     counts = {
         "worker slots": services.registry.in_flight(),
         "waiting for a worker": services.registry.waiting(),
         "concurrency slots": services.limits.slots_held,
-        "renewed credit holds": services.billing.live_holds,
+        "credit holds of running requests": services.billing.open_holds,
+        "settlements not written, or credit slices not given back": (
+            services.billing.slices.waiting()
+        ),
     }
     return {what: count for what, count in counts.items() if count}
 

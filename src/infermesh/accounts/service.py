@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infermesh.accounts.key_cache import CachedKey, KeyCache, KeyChange
+from infermesh.accounts.key_uses import KeyUses, due
 from infermesh.accounts.keys import (
     display_prefix,
     generate_key,
@@ -27,7 +33,13 @@ from infermesh.accounts.records import (
 from infermesh.errors import InvalidRequest, NotFound
 from infermesh.store import Account, ApiKey, Database, transaction_lock, utcnow
 
-LAST_USED_RESOLUTION = timedelta(minutes=1)
+if TYPE_CHECKING:
+    from infermesh.accounts.key_channel import KeyChannel
+
+logger = logging.getLogger(__name__)
+
+USES_WRITE_INTERVAL = 15.0
+"""Seconds between two writes of the keys' ``last_used_at`` by a gateway."""
 BOOTSTRAP_KEY_NAME = "bootstrap"
 _MAX_NAME_LENGTH = 200
 _MAX_TIER_LENGTH = 32
@@ -37,11 +49,27 @@ class AccountService:
     """Creates accounts and keys, lists, revokes and rotates keys, authenticates them.
 
     ``clock`` gives the current UTC time (tests pass their own).
+
+    With a ``key_cache`` (a gateway), :meth:`authenticate` answers from memory and only
+    notes uses; :meth:`keep_keys_fresh` writes them in the background. Every change
+    this service makes to a key or an account is applied to its cache before the call
+    returns, and announced on ``channel`` (Redis) if there is one, for the other
+    gateways; see :mod:`infermesh.accounts.key_cache` for how stale an answer can be.
     """
 
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        key_cache: KeyCache | None = None,
+        channel: KeyChannel | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self.key_cache = key_cache
+        self._channel = channel
+        self._uses = KeyUses(db)
 
     async def create_account(self, name: str, *, tier: str = "free") -> AccountRecord:
         """Create the account ``name``; raises :class:`AccountExists` if it is taken."""
@@ -74,7 +102,9 @@ class AccountService:
                 if not create_account:
                     raise NotFound(f"No account named '{account}'.", param="account")
                 owner = await add_account(session, account, tier=tier, created_at=self._clock())
-            return await self._add_key(session, owner, name)
+            created = await self._add_key(session, owner, name)
+        await self._announce(KeyChange("created"))
+        return created
 
     async def get_account(self, name: str) -> AccountRecord:
         """The account ``name``; :class:`NotFound` if there is none."""
@@ -92,6 +122,7 @@ class AccountService:
             if account is None:
                 raise NotFound(f"No account named '{name}'.", param="account")
             account.tier = tier
+        await self._announce(KeyChange("account", str(account.id)))
         return _account_record(account)
 
     async def list_keys(self, account: str | None = None) -> list[KeyRecord]:
@@ -115,6 +146,7 @@ class AccountService:
             key, owner = await _key_or_not_found(session, key_id, lock=True)
             if key.revoked_at is None:
                 key.revoked_at = self._clock()
+        await self._announce(KeyChange("key", key.id))
         return _key_record(key, owner)
 
     async def rotate_key(self, key_id: str) -> CreatedKey:
@@ -127,29 +159,67 @@ class AccountService:
             if key.revoked_at is not None:
                 raise KeyRevoked(f"API key '{key_id}' is revoked.", param="key_id")
             key.revoked_at = self._clock()
-            return await self._add_key(session, owner, key.name)
+            created = await self._add_key(session, owner, key.name)
+        await self._announce(KeyChange("key", key_id), KeyChange("created"))
+        return created
 
     async def authenticate(self, raw_key: str) -> Principal | None:
         """Who holds ``raw_key``; None if it is malformed, unknown or revoked.
 
-        One indexed lookup by hash; ``last_used_at`` is written at most once a minute.
+        Without a key cache: one indexed lookup by hash, and ``last_used_at`` written at
+        most once a minute. With one: no database call while the answer is cached, and
+        the use is only noted (written by :meth:`keep_keys_fresh`).
         """
         if not is_well_formed(raw_key):
             return None
-        query = (
-            select(ApiKey.id, ApiKey.account_id, Account.name, Account.tier, ApiKey.last_used_at)
-            .join(Account, ApiKey.account_id == Account.id)
-            .where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
-        )
-        async with self._db.session(read_only=True) as session:
-            row = (await session.execute(query)).one_or_none()
-        if row is None:
-            return None
-        key_id, account_id, account_name, tier, last_used_at = row
+        key_hash = hash_key(raw_key)
+        cache = self.key_cache
+        if cache is None:
+            return await self._authenticate_uncached(key_hash)
+        entry = cache.known(key_hash)
+        if entry is None:
+            if cache.unknown(key_hash):
+                return None
+            epoch, started = cache.epoch, cache.now()
+            entry = await self._lookup(key_hash)
+            cache.put(key_hash, entry, epoch=epoch, started=started)
+            if entry is None:
+                return None
         now = self._clock()
-        if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
-            await self._touch(key_id, now)
-        return Principal(key_id=key_id, account_id=account_id, account_name=account_name, tier=tier)
+        if due(entry.last_used_at, now):
+            entry.last_used_at = now
+            self._uses.note(entry.principal.key_id, now)
+        return entry.principal
+
+    async def keep_keys_fresh(self, *, write_every: float = USES_WRITE_INTERVAL) -> None:
+        """Until cancelled: apply the key changes announced on the channel to the cache
+        (clearing it whenever the subscription starts again), and write the noted key
+        uses every ``write_every`` seconds. When cancelled, writes them once more and
+        closes the channel."""
+        listening: asyncio.Task[None] | None = None
+        if self._channel is not None and self.key_cache is not None:
+            cache = self.key_cache
+            listening = asyncio.create_task(self._channel.listen(cache.apply, cache.clear))
+        try:
+            while True:
+                await asyncio.sleep(write_every)
+                await self._write_uses()
+        finally:
+            if listening is not None:
+                listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
+            await self._write_uses()
+            await self.close()
+
+    async def write_uses(self) -> None:
+        """Write the key uses noted since the last write (one statement)."""
+        await self._uses.write()
+
+    async def close(self) -> None:
+        """Close the channel, if there is one."""
+        if self._channel is not None:
+            await self._channel.close()
 
     async def bootstrap(self, account: str = "default") -> CreatedKey | None:
         """On a database without accounts, create ``account`` and a key, and return it.
@@ -163,9 +233,11 @@ class AccountService:
                 if await session.scalar(select(Account.id).limit(1)) is not None:
                     return None
                 owner = await add_account(session, account, tier="free", created_at=self._clock())
-                return await self._add_key(session, owner, BOOTSTRAP_KEY_NAME)
+                created = await self._add_key(session, owner, BOOTSTRAP_KEY_NAME)
         except IntegrityError:  # another process created the same account meanwhile
             return None
+        await self._announce(KeyChange("created"))
+        return created
 
     async def _add_key(self, session: AsyncSession, owner: Account, name: str | None) -> CreatedKey:
         raw_key = generate_key()
@@ -181,21 +253,45 @@ class AccountService:
         await session.flush()
         return CreatedKey(key=raw_key, record=_key_record(key, owner))
 
-    async def _touch(self, key_id: str, now: datetime) -> None:
-        """Record a use of ``key_id`` unless one was recorded in the last minute."""
-        statement = (
-            update(ApiKey)
-            .where(
-                ApiKey.id == key_id,
-                or_(
-                    ApiKey.last_used_at.is_(None),
-                    ApiKey.last_used_at <= now - LAST_USED_RESOLUTION,
-                ),
-            )
-            .values(last_used_at=now)
+    async def _lookup(self, key_hash: str) -> CachedKey | None:
+        """The valid key stored under ``key_hash`` (one indexed query)."""
+        query = (
+            select(ApiKey.id, ApiKey.account_id, Account.name, Account.tier, ApiKey.last_used_at)
+            .join(Account, ApiKey.account_id == Account.id)
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
-        async with self._db.session() as session, session.begin():
-            await session.execute(statement)
+        async with self._db.session(read_only=True) as session:
+            row = (await session.execute(query)).one_or_none()
+        if row is None:
+            return None
+        key_id, account_id, account_name, tier, last_used_at = row
+        principal = Principal(
+            key_id=key_id, account_id=account_id, account_name=account_name, tier=tier
+        )
+        return CachedKey(principal, expires_at=0.0, last_used_at=last_used_at)
+
+    async def _authenticate_uncached(self, key_hash: str) -> Principal | None:
+        entry = await self._lookup(key_hash)
+        if entry is None:
+            return None
+        now = self._clock()
+        if due(entry.last_used_at, now):
+            await self._uses.touch(entry.principal.key_id, now)
+        return entry.principal
+
+    async def _write_uses(self) -> None:
+        try:
+            await self._uses.write()
+        except Exception:
+            logger.exception("writing when API keys were last used failed; will try again")
+
+    async def _announce(self, *changes: KeyChange) -> None:
+        """Apply ``changes`` to this gateway's cache, then tell the other gateways."""
+        for change in changes:
+            if self.key_cache is not None:
+                self.key_cache.apply(change)
+            if self._channel is not None:
+                await self._channel.publish(change)
 
 
 async def find_account(session: AsyncSession, name: str) -> Account | None:

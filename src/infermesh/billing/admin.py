@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -39,9 +40,18 @@ class Statement:
 class CreditAdmin:
     """Grants credit to accounts and shows their statements."""
 
-    def __init__(self, accounts: AccountService, ledger: CreditLedger) -> None:
+    def __init__(
+        self,
+        accounts: AccountService,
+        ledger: CreditLedger,
+        *,
+        balance: Callable[[int], Awaitable[BalanceRecord]] | None = None,
+    ) -> None:
+        """``balance`` reads an account's balance (a gateway's, which writes its own
+        settlements first); the ledger's by default."""
         self._accounts = accounts
         self._ledger = ledger
+        self._balance = balance or ledger.balance
 
     async def grant(
         self, account: str, amount: int, *, reason: str, reference: str | None = None
@@ -66,5 +76,5 @@ class CreditAdmin:
     async def statement(self, account: str, *, entries: int = 20) -> Statement:
         """The account's tier, balance and newest ``entries`` ledger entries."""
         record = await self._accounts.get_account(account)
-        balance = await self._ledger.balance(record.id)
+        balance = await self._balance(record.id)
         return Statement(record, balance, await self._ledger.entries(record.id, limit=entries))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,6 +101,46 @@ class Settled:
     charged: int
     balance: BalanceRecord
     repeated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What a slice reservation took from the account, and the account after it."""
+
+    amount: int
+    exact: bool
+    """The account was short of money: only what was asked for was reserved."""
+    balance: BalanceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SliceCharge:
+    """One request settled against a slice (``slice_id`` None: a free request)."""
+
+    slice_id: str | None
+    settlement: Settlement
+
+
+@dataclass(frozen=True, slots=True)
+class SliceRelease:
+    """Money of a slice given back to the account: ``amount`` of it, or, if ``final``,
+    all it still holds (the slice then ends)."""
+
+    slice_id: str
+    account_id: int
+    reference: str
+    amount: int
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """What a batch wrote: the balances of the accounts it touched, after it, the
+    requests charged less than their cost, and the slices that had ended (expired)."""
+
+    balances: dict[int, BalanceRecord]
+    short: dict[str, int]
+    ended: set[str]
 
 
 class CreditLedger:
@@ -211,6 +251,146 @@ class CreditLedger:
         await session.flush()
         return Settled(charged, _record(rows[settlement.account_id]))
 
+    async def reserve(
+        self,
+        account_id: int,
+        slice_id: str,
+        reference: str,
+        *,
+        least: int,
+        most: int,
+        rich_from: int,
+        ttl: timedelta,
+        shown_available: int = 0,
+    ) -> Reserved | None:
+        """Reserve between ``least`` and ``most`` of the account's available balance for
+        the slice ``slice_id`` (made, or grown if it is still open), in one transaction.
+
+        ``most`` is taken only if at least ``rich_from`` is available; otherwise exactly
+        ``least`` (so a short balance is not split between gateways). Raises
+        :class:`InsufficientCredits` if ``least`` is not available (its message counts
+        ``shown_available``, what the caller already holds unpromised, as available too).
+        Returns None if the slice exists but is no longer open (it expired).
+        """
+        if not 0 < least <= most:
+            raise ValueError("a reservation must be of a positive amount")
+        now = self._clock()
+        async with self._db.session() as session, session.begin():
+            hold = await _lock_hold(session, slice_id)
+            if hold is not None and hold.status != "open":
+                return None
+            row = (await _lock_balances(session, [account_id]))[account_id]
+            available = row.balance - row.held
+            if least > available:
+                shown = max(available, 0) + shown_available
+                raise InsufficientCredits(
+                    f"Insufficient credits: this request may cost up to "
+                    f"${format_usd(least + shown_available)} but the account has "
+                    f"${format_usd(shown)} available. Top up your balance, or lower max_tokens.",
+                )
+            amount = most if available >= max(rich_from, most) else least
+            if hold is None:
+                session.add(
+                    Hold(
+                        id=slice_id,
+                        account_id=account_id,
+                        amount=amount,
+                        status="open",
+                        created_at=now,
+                        expires_at=now + ttl,
+                    )
+                )
+            else:
+                hold.amount += amount
+                hold.expires_at = now + ttl
+            _append(session, row, "hold", 0, amount, reference, None, self._clock)
+            return Reserved(amount, amount < most, _record(row))
+
+    async def write_batch(
+        self, charges: Sequence[SliceCharge], releases: Sequence[SliceRelease]
+    ) -> BatchWritten:
+        """Write many settlements against slices, and slice releases, in one transaction.
+
+        Each request is charged against its slice (never more than the slice still
+        holds; against an expired slice, never more than is available, as a "late"
+        charge), its operator credited and its usage recorded. A request already
+        recorded (a retried batch) is skipped, so none is charged twice.
+        """
+        async with self._db.session() as session, session.begin():
+            slice_ids = {charge.slice_id for charge in charges if charge.slice_id is not None}
+            slice_ids.update(release.slice_id for release in releases)
+            holds = await _lock_holds(session, slice_ids)
+            accounts = {release.account_id for release in releases}
+            for charge in charges:
+                accounts.add(charge.settlement.account_id)
+                if charge.settlement.earning is not None:
+                    accounts.add(charge.settlement.earning.account_id)
+            rows = await _lock_balances(session, list(accounts))
+            done = await _recorded(session, [charge.settlement.usage.id for charge in charges])
+            released = await _released(session, releases)
+            entries: list[dict[str, object]] = []
+            usages: list[dict[str, object]] = []
+            short: dict[str, int] = {}
+            for charge in charges:
+                settlement = charge.settlement
+                if settlement.usage.id in done:
+                    continue
+                done.add(settlement.usage.id)
+                hold = holds.get(charge.slice_id) if charge.slice_id is not None else None
+                charged = self._charge_slice(entries, rows, hold, settlement)
+                if charged < settlement.cost:
+                    short[settlement.hold_id] = settlement.cost - charged
+                usages.append(_usage_row(settlement.usage))
+            for release in releases:
+                if (release.account_id, release.reference) not in released:
+                    hold = holds.get(release.slice_id)
+                    _release_slice(entries, rows, hold, release, self._clock)
+            if entries:
+                await session.execute(insert(LedgerEntry), entries)
+            if usages:
+                await session.execute(insert(UsageEntry), usages)
+            ended = {slice_id for slice_id in slice_ids if _ended(holds.get(slice_id))}
+            balances = {account: _record(row) for account, row in rows.items()}
+            return BatchWritten(balances, short, ended)
+
+    def _charge_slice(
+        self,
+        entries: list[dict[str, object]],
+        rows: dict[int, Balance],
+        hold: Hold | None,
+        settlement: Settlement,
+    ) -> int:
+        """Charge one request (into ``entries``); the amount charged."""
+        row = rows[settlement.account_id]
+        reference = settlement.hold_id
+        if hold is not None and hold.status == "open":
+            charged = min(settlement.cost, hold.amount)
+            hold.amount -= charged
+            if charged:
+                entries.append(
+                    _entry(row, "charge", -charged, -charged, reference, None, self._clock)
+                )
+        else:
+            charged = min(settlement.cost, max(row.balance - row.held, 0))
+            if charged:
+                reason = "late" if hold is not None else None
+                entries.append(_entry(row, "charge", -charged, 0, reference, reason, self._clock))
+        share = settlement.earning.of(charged) if settlement.earning is not None else 0
+        if settlement.earning is not None and share:
+            operator = rows[settlement.earning.account_id]
+            entries.append(_entry(operator, "earning", share, 0, reference, None, self._clock))
+        settlement.usage.cost = charged
+        settlement.usage.operator_earning = share
+        return charged
+
+    async def open_holds(self, hold_ids: Sequence[str]) -> set[str]:
+        """Which of these holds are still open."""
+        if not hold_ids:
+            return set()
+        query = select(Hold.id).where(Hold.id.in_(list(hold_ids)), Hold.status == "open")
+        async with self._db.session(read_only=True) as session:
+            return set((await session.scalars(query)).all())
+
     async def renew_holds(self, hold_ids: Sequence[str], *, ttl: timedelta) -> int:
         """Push the expiry of these open holds ``ttl`` from now (their requests still
         run); how many were renewed."""
@@ -313,23 +493,8 @@ def _append(
     clock: Callable[[], datetime],
 ) -> None:
     """Apply one entry to the (locked) balance row and record it."""
-    now = clock()
-    row.balance += balance_change
-    row.held += held_change
-    row.updated_at = now
-    session.add(
-        LedgerEntry(
-            account_id=row.account_id,
-            kind=kind,
-            balance_change=balance_change,
-            held_change=held_change,
-            balance_after=row.balance,
-            held_after=row.held,
-            reference=reference,
-            reason=reason,
-            created_at=now,
-        )
-    )
+    entry = _entry(row, kind, balance_change, held_change, reference, reason, clock)
+    session.add(LedgerEntry(**entry))
 
 
 async def _lock_hold(session: AsyncSession, hold_id: str) -> Hold | None:
@@ -381,3 +546,85 @@ def _entry_record(row: LedgerEntry) -> EntryRecord:
         reason=row.reason,
         created_at=row.created_at,
     )
+
+
+def _entry(
+    row: Balance,
+    kind: str,
+    balance_change: int,
+    held_change: int,
+    reference: str,
+    reason: str | None,
+    clock: Callable[[], datetime],
+) -> dict[str, object]:
+    """Apply one entry to the (locked) balance row; the entry's row, to insert."""
+    now = clock()
+    row.balance += balance_change
+    row.held += held_change
+    row.updated_at = now
+    return {
+        "account_id": row.account_id,
+        "kind": kind,
+        "balance_change": balance_change,
+        "held_change": held_change,
+        "balance_after": row.balance,
+        "held_after": row.held,
+        "reference": reference,
+        "reason": reason,
+        "created_at": now,
+    }
+
+
+def _release_slice(
+    entries: list[dict[str, object]],
+    rows: dict[int, Balance],
+    hold: Hold | None,
+    release: SliceRelease,
+    clock: Callable[[], datetime],
+) -> None:
+    """Give back (part of) a slice's money; nothing if the slice already ended."""
+    if hold is None or hold.status != "open":
+        return
+    amount = hold.amount if release.final else min(release.amount, hold.amount)
+    if amount:
+        row = rows[release.account_id]
+        entries.append(_entry(row, "release", 0, -amount, release.reference, None, clock))
+        hold.amount -= amount
+    if release.final:
+        hold.status = "returned"
+
+
+def _ended(hold: Hold | None) -> bool:
+    return hold is None or hold.status != "open"
+
+
+async def _lock_holds(session: AsyncSession, hold_ids: set[str]) -> dict[str, Hold]:
+    if not hold_ids:
+        return {}
+    query = select(Hold).where(Hold.id.in_(sorted(hold_ids))).order_by(Hold.id).with_for_update()
+    return {hold.id: hold for hold in (await session.scalars(query)).all()}
+
+
+async def _recorded(session: AsyncSession, usage_ids: Sequence[str]) -> set[str]:
+    """Which of these requests already have a usage record."""
+    if not usage_ids:
+        return set()
+    query = select(UsageEntry.id).where(UsageEntry.id.in_(list(usage_ids)))
+    return set((await session.scalars(query)).all())
+
+
+async def _released(
+    session: AsyncSession, releases: Sequence[SliceRelease]
+) -> set[tuple[int, str]]:
+    """Which of these releases were already written (a retried batch)."""
+    if not releases:
+        return set()
+    query = select(LedgerEntry.account_id, LedgerEntry.reference).where(
+        LedgerEntry.kind == "release",
+        LedgerEntry.reference.in_([release.reference for release in releases]),
+    )
+    return {(account, reference) for account, reference in await session.execute(query)}
+
+
+def _usage_row(usage: UsageEntry) -> dict[str, object]:
+    return {column.key: getattr(usage, column.key) for column in UsageEntry.__table__.columns}

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
 from infermesh.accounts.records import Principal
-from infermesh.billing.ledger import BASIS_POINTS, CreditLedger, Earning, Settled, Settlement
+from infermesh.billing.ledger import (
+    BASIS_POINTS,
+    BalanceRecord,
+    CreditLedger,
+    Earning,
+    Settled,
+    Settlement,
+)
 from infermesh.billing.money import CreditUnit, usd
 from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.slices import CreditSlices
 from infermesh.billing.tiers import TierPolicy
 from infermesh.billing.usage import UsageLog
 from infermesh.catalog.spec import ModelSpec
@@ -71,7 +78,12 @@ class Outcome:
 
 
 class BillingService:
-    """Checks tiers, holds the largest possible cost, and settles the real one."""
+    """Checks tiers, holds the largest possible cost, and settles the real one.
+
+    Holds and settlements are served from this gateway's credit slices, in memory, and
+    written to the ledger in batches (:mod:`infermesh.billing.slices`): :meth:`run` is
+    the background task that writes them, :meth:`close` writes what is left.
+    """
 
     def __init__(
         self,
@@ -80,7 +92,9 @@ class BillingService:
         *,
         tiers: TierPolicy,
         operator_share: float = 0.8,
-        hold_ttl: timedelta = timedelta(minutes=30),
+        hold_ttl: timedelta = timedelta(minutes=2),
+        flush_interval: float = 0.05,
+        slice_idle: float = 5.0,
         unit: CreditUnit | None = None,
     ) -> None:
         self.ledger = ledger
@@ -88,8 +102,9 @@ class BillingService:
         self.tiers = tiers
         self.unit = unit or CreditUnit()
         self._share_bps = round(operator_share * BASIS_POINTS)
-        self._hold_ttl = hold_ttl
-        self._live_holds: dict[str, float] = {}
+        self.slices = CreditSlices(
+            ledger, ttl=hold_ttl, flush_interval=flush_interval, idle=slice_idle
+        )
 
     def max_cost(self, spec: ModelSpec, request: ChatCompletionRequest) -> int:
         """The most ``request`` can cost on ``spec``: what is held before it runs."""
@@ -112,9 +127,7 @@ class BillingService:
         amount = self.max_cost(spec, request)
         available = None
         if amount:
-            available = await self.ledger.hold(
-                principal.account_id, charge_id, amount, ttl=self._hold_ttl
-            )
+            available = await self.slices.hold(principal.account_id, charge_id, amount)
         return Charge(
             id=charge_id,
             request_id=request_id,
@@ -128,7 +141,10 @@ class BillingService:
 
     async def settle(self, charge: Charge, outcome: Outcome) -> Settled:
         """Charge what ``outcome`` used (nothing if it failed), release the rest, pay the
-        operator their share; record the usage. Safe to call twice."""
+        operator their share; record the usage. Safe to call twice.
+
+        A request held here settles in memory (written with the next batch); one held
+        in the ledger itself (by :meth:`CreditLedger.hold`) settles there at once."""
         usage = outcome.usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         cost = charge.cost(usage) if outcome.served else 0
         earning = None
@@ -141,39 +157,34 @@ class BillingService:
             earning=earning,
             usage=_usage_entry(charge, outcome, usage),
         )
+        slices = self.slices
+        if slices.settled(charge.id):
+            return Settled(0, await slices.balance(charge.account_id), repeated=True)
+        if slices.holds(charge.id) or not charge.held:
+            return slices.settle(settlement)
         return await self.ledger.settle(settlement)
 
-    def keep_alive(self, charge: Charge, *, until: float) -> None:
-        """Renew ``charge``'s hold while its request runs, at the latest until the
-        event-loop time ``until`` (the request's own deadline)."""
-        if charge.held:
-            self._live_holds[charge.id] = until
-
-    def let_go(self, charge: Charge) -> None:
-        """Stop renewing ``charge``'s hold (its request has settled)."""
-        self._live_holds.pop(charge.id, None)
-
     @property
-    def live_holds(self) -> int:
+    def open_holds(self) -> int:
         """Holds of this gateway's running requests."""
-        return len(self._live_holds)
+        return self.slices.unsettled()
 
-    async def keep_holds_alive(self) -> None:
-        """Renew the holds of running requests before they expire, forever (a
-        background task), so that a long request is never left unheld."""
-        interval = max(self._hold_ttl.total_seconds() / 3, 0.1)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            for hold_id in [hold for hold, until in self._live_holds.items() if until < now]:
-                del self._live_holds[hold_id]
-            if not self._live_holds:
-                continue
-            try:
-                await self.ledger.renew_holds(list(self._live_holds), ttl=self._hold_ttl)
-            except Exception:
-                logger.exception("renewing credit holds failed; will try again")
+    async def balance(self, account_id: int) -> BalanceRecord:
+        """The account's balance, with this gateway's settlements written first."""
+        return await self.slices.balance(account_id)
+
+    async def flush(self) -> None:
+        """Write the settlements made so far (reads of the ledger then see them)."""
+        await self.slices.flush()
+
+    async def run(self) -> None:
+        """Write settlements in batches and keep slices alive, forever (a background
+        task)."""
+        await self.slices.run()
+
+    async def close(self) -> None:
+        """Write every settlement and give back the credit slices (on shutdown)."""
+        await self.slices.close()
 
     async def expire_holds(self) -> int:
         """Release holds left behind by a gateway that died mid-request."""

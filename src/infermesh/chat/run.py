@@ -192,7 +192,6 @@ class ChatRun:
         self.charge = await context.billing.authorize(
             self._principal, spec, request, charge_id=self.id, request_id=record.request_id
         )
-        context.billing.keep_alive(self.charge, until=self._ends_at)
         self._job = GenerationJob(id=self.id, model=spec.id, request=engine_request(request))
 
     async def _admit(self) -> Admission:
@@ -335,8 +334,6 @@ class ChatRun:
         tokens = _counted_tokens(outcome)
         if self._admission is not None:
             await self._admission.finish(tokens)
-        if self.charge is not None:
-            self._context.billing.let_go(self.charge)
         cost = settled.charged if settled is not None else 0
         self._record.cost_micro_usd = cost if self.charge is not None else None
         usage = outcome.usage or NO_USAGE

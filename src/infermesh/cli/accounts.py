@@ -9,11 +9,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from infermesh.accounts import AccountService
+from infermesh.accounts import AccountRecord
+from infermesh.accounts.setup import build_accounts
 from infermesh.billing.tiers import TierPolicy
 from infermesh.cli.credits import AccountArgument, model_tiers_text, show
 from infermesh.cli.db import fail, run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
+from infermesh.config import Settings
+from infermesh.store import Database
 
 accounts_app = typer.Typer(help="Accounts: their tier and their credit.", no_args_is_help=True)
 accounts_app.command("show")(show)
@@ -41,7 +44,7 @@ def set_tier(
             "(INFERMESH_TIER_ACCESS configures them)."
         )
     record = run_with_database(
-        settings, lambda database: AccountService(database).set_tier(account, tier)
+        settings, lambda database: _set_tier(settings, database, account, tier)
     )
     allowed = policy[tier]
     if as_json:
@@ -52,3 +55,15 @@ def set_tier(
         f"[bold]{escape(record.name)}[/bold] is now in tier [bold]{escape(record.tier)}[/bold] "
         f"(may use {escape(model_tiers_text(allowed))})."
     )
+
+
+async def _set_tier(
+    settings: Settings, database: Database, account: str, tier: str
+) -> AccountRecord:
+    """Set the tier, and tell the gateways (at once with a Redis URL, else within their
+    key cache TTL)."""
+    service = build_accounts(settings, database, cache_keys=False)
+    try:
+        return await service.set_tier(account, tier)
+    finally:
+        await service.close()

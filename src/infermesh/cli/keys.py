@@ -16,9 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from infermesh.accounts import AccountService, CreatedKey, KeyRecord
+from infermesh.accounts.setup import build_accounts
 from infermesh.cli.db import run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
+from infermesh.store import Database
 
 T = TypeVar("T")
 
@@ -36,7 +38,17 @@ KeyId = Annotated[str, typer.Argument(help="Id of the key (key_…).", show_defa
 
 
 def _with_accounts(settings: Settings, action: Callable[[AccountService], Awaitable[T]]) -> T:
-    return run_with_database(settings, lambda database: action(AccountService(database)))
+    """Run ``action`` on the account service; with a Redis URL (INFERMESH_REDIS_URL),
+    the gateways hear of a change at once, else within their key cache TTL."""
+
+    async def run(database: Database) -> T:
+        service = build_accounts(settings, database, cache_keys=False)
+        try:
+            return await action(service)
+        finally:
+            await service.close()
+
+    return run_with_database(settings, run)
 
 
 def _when(moment: datetime | None) -> str:
@@ -127,7 +139,8 @@ def list_keys(
 
 @keys_app.command("revoke")
 def revoke(key_id: KeyId, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
-    """Revoke an API key; it stops working at once."""
+    """Revoke an API key; it stops working at once on the gateways whose Redis
+    INFERMESH_REDIS_URL names, else within their key cache TTL (5 s by default)."""
     settings = make_settings(data_dir=data_dir, database_url=database_url)
     record = _with_accounts(settings, lambda service: service.revoke_key(key_id))
     Console().print(f"Revoked {record.id} (account {escape(record.account)}).")

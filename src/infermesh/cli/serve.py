@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -110,7 +111,30 @@ def serve(
     from infermesh.gateway.app import create_app
 
     app = create_app(settings, secrets=dict(os.environ))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        **server_options(),
+    )
+
+
+def server_options() -> dict[str, Any]:
+    """uvicorn's fast parts where they are installed (uvicorn[standard] brings them):
+    the uvloop event loop and the httptools HTTP parser, else asyncio's loop and h11.
+    WebSocket frames are not compressed: the workers' frames are small, and deflating
+    each one costs more CPU than it saves."""
+    return {
+        "loop": "uvloop" if _installed("uvloop") else "asyncio",
+        "http": "httptools" if _installed("httptools") else "h11",
+        "ws_per_message_deflate": False,
+    }
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _print_welcome(settings: Settings, first_key: str | None, models: list[str]) -> None:

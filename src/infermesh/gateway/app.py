@@ -13,7 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from infermesh import __version__
-from infermesh.accounts.service import AccountService
+from infermesh.accounts.setup import build_accounts
 from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
 from infermesh.billing.ledger import CreditLedger
@@ -63,7 +63,7 @@ def create_app(
         await database.migrate()
         registry = WorkerRegistry(queue_timeout=settings.queue_timeout)
         catalog = Catalog(catalog_specs)
-        accounts = AccountService(database)
+        accounts = build_accounts(settings, database, cache_keys=True)
         billing = build_billing(settings, database)
         limiter = await build_limiter(settings, database, list(billing.tiers.tiers()))
         app.state.services = Services(
@@ -89,7 +89,7 @@ def create_app(
             metrics=metrics,
             workers=WorkerTokenService(database),
             billing=billing,
-            credits=CreditAdmin(accounts, billing.ledger),
+            credits=CreditAdmin(accounts, billing.ledger, balance=billing.balance),
             limits=limiter,
             admin_attempts=AdminAttempts(
                 limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
@@ -98,13 +98,14 @@ def create_app(
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
-        holding = asyncio.create_task(billing.keep_holds_alive())
+        settling = asyncio.create_task(billing.run())
+        keeping_keys = asyncio.create_task(accounts.keep_keys_fresh())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
-            for task in (expiring, renewing, holding):
+            for task in (expiring, renewing, settling, keeping_keys):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -114,6 +115,10 @@ def create_app(
                     await starting
             if host is not None:
                 await host.close()
+            try:
+                await billing.close()
+            except Exception:
+                logger.exception("writing the last credit settlements failed")
             await limiter.store.close()
             await database.dispose()
 
@@ -153,6 +158,8 @@ def build_billing(settings: Settings, database: Database) -> BillingService:
         tiers=TierPolicy(settings.tier_access),
         operator_share=settings.operator_share,
         hold_ttl=timedelta(seconds=settings.hold_ttl),
+        flush_interval=settings.settle_interval,
+        slice_idle=settings.credit_slice_idle,
         unit=unit,
     )
 

@@ -13,13 +13,16 @@ from infermesh.gateway.middleware import request_record
 from infermesh.gateway.state import Services
 from infermesh.telemetry import RequestRecord
 
+# Dependencies are ``async def`` even where they do not await: FastAPI runs a plain
+# ``def`` dependency in a worker thread, a thread hop per request for a lookup.
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_record(request: Request) -> RequestRecord:
+async def get_record(request: Request) -> RequestRecord:
     return request_record(request.state)
 
 
@@ -39,6 +42,8 @@ async def authenticate(
     services: Annotated[Services, Depends(get_services)],
     record: Annotated[RequestRecord, Depends(get_record)],
 ) -> Principal:
+    """The caller, by its API key (answered from the gateway's key cache: no database
+    call per request while the key is cached)."""
     raw_key = presented_key(request)
     if raw_key is None:
         raise Unauthorized(

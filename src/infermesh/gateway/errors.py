@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infermesh.errors import InfermeshError, InvalidRequest
@@ -22,6 +22,7 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+_ENVELOPE_JSON = TypeAdapter(ErrorEnvelope)
 
 
 def error_response(
@@ -32,13 +33,15 @@ def error_response(
     code: str | None = None,
     param: str | None = None,
     retry_after: float | None = None,
-) -> JSONResponse:
+) -> Response:
+    """OpenAI's error envelope as a JSON response (serialized once, by pydantic-core)."""
     body = ErrorEnvelope(error=ErrorBody(message=message, type=error_type, param=param, code=code))
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    content = _ENVELOPE_JSON.dump_json(body)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
-def render(exc: InfermeshError) -> JSONResponse:
+def render(exc: InfermeshError) -> Response:
     return error_response(
         exc.status_code,
         exc.message,
@@ -78,18 +81,18 @@ def _param_name(location: list[Any]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_infermesh_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_infermesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InfermeshError)
         record = getattr(request.state, "record", None)
         if record is not None:  # for the access log line
             record.error_code = exc.code
         return render(exc)
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
         return render(invalid_request_from(list(exc.errors())))
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."

@@ -32,6 +32,9 @@ class RequestContextMiddleware:
     - refuses bodies over ``max_body_bytes`` with 413;
     - turns any unexpected exception into a 500 envelope, never a bare page;
     - writes one access-log line and the metrics when the response is over.
+
+    Per request that is a few header scans, one record, the metrics (cached label
+    children) and the access line, formatted only when the access logger logs INFO.
     """
 
     def __init__(
@@ -60,10 +63,8 @@ class RequestContextMiddleware:
                 record.status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", record.request_id.encode()))
-                present = {name for name, _ in headers}
-                for name, value in record.response_headers.items():
-                    if name.encode() not in present:
-                        headers.append((name.encode(), value.encode("latin-1")))
+                if record.response_headers:
+                    _add_missing(headers, record.response_headers)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -87,7 +88,8 @@ class RequestContextMiddleware:
             record.route = getattr(scope.get("route"), "path", "unmatched")
             record.latency_ms = (time.perf_counter() - started) * 1000
             self.metrics.observe(record)
-            access_logger.info(format_access_line(record, as_json=self.log_json))
+            if access_logger.isEnabledFor(logging.INFO):  # the line is built only if logged
+                access_logger.info(format_access_line(record, as_json=self.log_json))
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0
@@ -107,6 +109,14 @@ class RequestContextMiddleware:
         return PayloadTooLarge(
             f"The request body is larger than the limit of {self.max_body_bytes} bytes."
         )
+
+
+def _add_missing(headers: list[tuple[bytes, bytes]], extra: dict[str, str]) -> None:
+    """Append the headers of ``extra`` that ``headers`` does not have yet."""
+    present = {name for name, _ in headers}
+    for name, value in extra.items():
+        if name.encode() not in present:
+            headers.append((name.encode(), value.encode("latin-1")))
 
 
 def _request_id(scope: Scope) -> str:

@@ -51,6 +51,7 @@ async def worker_earnings(
     services: ServicesDep, operator: Annotated[str | None, Query(max_length=200)] = None
 ) -> dict[str, Any]:
     """Per registered worker: requests billed, tokens, amount billed and earned."""
+    await services.billing.flush()
     rows = await services.billing.usage.earnings(operator=operator)
     unit = services.billing.unit
     return {"object": "list", "data": [earnings_object(row, unit).model_dump() for row in rows]}

@@ -6,18 +6,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from infermesh.chat.run import ChatRun, RunResult
 from infermesh.gateway.deps import PrincipalDep, RecordDep, ServicesDep
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
-from infermesh.protocol.chat import ChatCompletionChunk, ChatCompletionRequest
+from infermesh.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from infermesh.protocol.errors import ErrorBody, ErrorEnvelope
 
 router = APIRouter()
+_COMPLETION_JSON = TypeAdapter(ChatCompletion)
+_CHUNK_JSON = TypeAdapter(ChatCompletionChunk)
+_ERROR_JSON = TypeAdapter(ErrorEnvelope)
 
 
 class RunStream(StreamingResponse):
@@ -37,15 +40,16 @@ class RunStream(StreamingResponse):
 
 async def server_sent_events(
     chunks: AsyncIterator[ChatCompletionChunk | ErrorBody],
-) -> AsyncIterator[str]:
-    """Each chunk as one event (an error in OpenAI's envelope), then ``[DONE]``."""
+) -> AsyncIterator[bytes]:
+    """Each chunk as one event (an error in OpenAI's envelope), then ``[DONE]``; each
+    serialized once, straight to the bytes that are sent."""
     async for chunk in chunks:
         if isinstance(chunk, ErrorBody):
-            payload = ErrorEnvelope(error=chunk).model_dump_json()
+            payload = _ERROR_JSON.dump_json(ErrorEnvelope(error=chunk))
         else:
-            payload = chunk.model_dump_json(exclude_none=True)
-        yield f"data: {payload}\n\n"
-    yield "data: [DONE]\n\n"
+            payload = _CHUNK_JSON.dump_json(chunk, exclude_none=True)
+        yield b"data: " + payload + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -77,7 +81,8 @@ async def create_chat_completion(
         completion = completed.completion
         headers = {"x-infermesh-node-id": completion.metadata.node_id}
         headers.update(_bill_headers(completed.result))
-        return JSONResponse(completion.model_dump(mode="json"), headers=headers)
+        body = _COMPLETION_JSON.dump_json(completion)  # once, by pydantic-core, to bytes
+        return Response(body, media_type="application/json", headers=headers)
     run = await unless_client_leaves(request, chat.start(chat_request, record, principal))
     try:
         options = chat_request.stream_options

@@ -27,7 +27,7 @@ router = APIRouter()
 async def credit_balance(principal: PrincipalDep, services: ServicesDep) -> CreditBalance:
     """The caller's balance, the part held by requests in flight, and recent usage."""
     billing = services.billing
-    balance = await billing.ledger.balance(principal.account_id)
+    balance = await billing.balance(principal.account_id)
     now = utcnow()
     day = await billing.usage.totals(principal.account_id, since=now - timedelta(days=1))
     month = await billing.usage.totals(principal.account_id, since=now - timedelta(days=30))
@@ -51,6 +51,7 @@ async def list_usage(
     after: Annotated[str | None, Query(max_length=100)] = None,
 ) -> UsagePage:
     """The caller's requests, newest first: counts, cost, worker, status, latency."""
+    await services.billing.flush()
     records, has_more = await services.billing.usage.page(
         principal.account_id, limit=limit, after=after
     )
@@ -64,6 +65,7 @@ async def get_usage(
     record_id: str, principal: PrincipalDep, services: ServicesDep
 ) -> UsageRecordObject:
     """One request, by its completion id (``chatcmpl-…``) or its ``x-request-id``."""
+    await services.billing.flush()
     record = await services.billing.usage.get(principal.account_id, record_id)
     return _record(record, services.billing.unit)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from pydantic import BaseModel
 
 from infermesh.billing.money import format_usd
 from infermesh.billing.pricing import Pricing
@@ -12,6 +13,12 @@ from infermesh.mesh.registry import WorkerRegistry
 from infermesh.protocol.models import ModelList, ModelObject, ModelPricing
 
 router = APIRouter()
+
+
+def json_response(body: BaseModel) -> Response:
+    """``body`` as JSON, serialized once (FastAPI would validate a returned model again
+    against the declared response model first)."""
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def model_object(spec: ModelSpec, registry: WorkerRegistry) -> ModelObject:
@@ -40,12 +47,13 @@ def _pricing(pricing: Pricing | None) -> ModelPricing | None:
     )
 
 
-@router.get("/v1/models")
-async def list_models(services: ServicesDep) -> ModelList:
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(services: ServicesDep) -> Response:
     """Every model in the catalog; ``available`` is true while a worker can serve it now."""
-    return ModelList(data=[model_object(spec, services.registry) for spec in services.catalog])
+    models = [model_object(spec, services.registry) for spec in services.catalog]
+    return json_response(ModelList(data=models))
 
 
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, services: ServicesDep) -> ModelObject:
-    return model_object(services.catalog.get(model_id), services.registry)
+@router.get("/v1/models/{model_id:path}", response_model=ModelObject)
+async def get_model(model_id: str, services: ServicesDep) -> Response:
+    return json_response(model_object(services.catalog.get(model_id), services.registry))

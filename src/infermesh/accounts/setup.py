@@ -1,0 +1,29 @@
+"""Building the account service a process's settings describe."""
+
+from __future__ import annotations
+
+from infermesh.accounts.key_cache import KeyCache
+from infermesh.accounts.service import AccountService
+from infermesh.config import Settings
+from infermesh.store.database import Database
+
+
+def build_accounts(settings: Settings, database: Database, *, cache_keys: bool) -> AccountService:
+    """The account service of a gateway (``cache_keys``) or of a CLI command.
+
+    A gateway caches keys for ``key_cache_ttl`` seconds (unless it is 0). With a Redis
+    URL, every key change is announced on the key channel, and a gateway applies the
+    changes announced there (see :meth:`AccountService.keep_keys_fresh`); a CLI command
+    without the URL announces nothing, and gateways see its changes within their TTL.
+    """
+    cache = None
+    if cache_keys and settings.key_cache_ttl > 0:
+        cache = KeyCache(ttl=settings.key_cache_ttl, size=settings.key_cache_size)
+    if not settings.redis_url:
+        return AccountService(database, key_cache=cache)
+    from infermesh.accounts.key_channel import KeyChannel  # only Redis users load redis
+
+    channel = KeyChannel(
+        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+    )
+    return AccountService(database, key_cache=cache, channel=channel)
