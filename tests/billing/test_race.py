@@ -1,21 +1,25 @@
 """Many concurrent requests against a balance for only a few: holds are atomic.
 
 An account with credit for exactly K requests fires many more at once through a real
-gateway (the official openai SDK, from threads): at most K succeed, the rest get 402,
-and the balance ends at deposits minus charges exactly, never below zero. On SQLite and
-on PostgreSQL.
+gateway, or through three gateways on one database (the official openai SDK, from
+threads): at most K succeed, the rest get 402, and the balance ends at deposits minus
+charges exactly, never below zero. On SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import select
@@ -35,6 +39,7 @@ from infermesh.store import Database, LedgerEntry, UsageEntry
 from tests.billing.conftest import NewAccount
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.support.gateway import RunningGateway, create_key, start_gateway
+from tests.support.invariants import wait_written
 
 K = 5
 REQUESTS = 25
@@ -64,22 +69,59 @@ def engine() -> Iterator[ScriptedEngine]:
         yield running
 
 
-@pytest.fixture
+@dataclass
+class SeveralGateways:
+    """Gateways on one database, used as one: each client talks to the next gateway,
+    and a read over HTTP waits until every gateway has written its settlements (they
+    are written in batches, tens of milliseconds after each request)."""
+
+    gateways: list[RunningGateway]
+    turn: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def settings(self) -> Settings:
+        return self.gateways[0].settings
+
+    def client(self, **options: Any) -> openai.OpenAI:
+        return self.gateways[next(self.turn) % len(self.gateways)].client(**options)
+
+    def http(self) -> httpx.Client:
+        for gateway in self.gateways:
+            wait_written(gateway)
+        return self.gateways[0].http()
+
+
+@pytest.fixture(params=[1, 3], ids=["one-gateway", "three-gateways"])
 def gateway(
-    engine: ScriptedEngine, gateway_database_url: str | None, tmp_path: Path
-) -> Iterator[RunningGateway]:
+    request: pytest.FixtureRequest,
+    engine: ScriptedEngine,
+    gateway_database_url: str | None,
+    tmp_path: Path,
+) -> Iterator[RunningGateway | SeveralGateways]:
     specs = [
         _spec("flat", Pricing(per_request="0.01"), engine),
         _spec("per-token", PER_TOKEN, engine),
     ]
-    with start_gateway(
-        tmp_path / "gateway",
-        specs=specs,
-        secrets={"SCRIPTED_ENGINE_KEY": "upstream-secret"},
-        wait_for=["flat", "per-token"],
-        database_url=gateway_database_url,
-    ) as running:
-        yield running
+    options: dict[str, Any] = {
+        "specs": specs,
+        "secrets": {"SCRIPTED_ENGINE_KEY": "upstream-secret"},
+        "wait_for": ["flat", "per-token"],
+    }
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(
+            start_gateway(tmp_path / "gateway", database_url=gateway_database_url, **options)
+        )
+        if request.param == 1:
+            yield first
+            return
+        shared = first.settings.resolved_database_url
+        others = [
+            stack.enter_context(
+                start_gateway(tmp_path / f"gateway-{index}", database_url=shared, **options)
+            )
+            for index in range(1, request.param)
+        ]
+        yield SeveralGateways([first, *others])
 
 
 @dataclass(frozen=True)
