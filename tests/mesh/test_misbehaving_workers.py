@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from infermesh.protocol.wire import MAX_FRAME_BYTES
 from tests.fakes.engine import ScriptedEngine
@@ -99,9 +101,12 @@ async def test_an_oversized_frame_closes_the_connection(
 ) -> None:
     with capture_logs("infermesh.gateway") as logs:
         async with connected(mesh_gateway, "oversized") as worker:
-            await worker.send("x" * (MAX_FRAME_BYTES + 1))
+            # Frames are not compressed: the gateway refuses the frame from its header
+            # and closes while the rest is still being written, so the write may fail.
+            with suppress(ConnectionClosed, ConnectionResetError):
+                await worker.send("x" * (MAX_FRAME_BYTES + 1))
             code, _ = await worker.closed()
-        assert code == 1009  # message too big
+        assert code in (1009, 1006)  # message too big, if the close frame got through
         logs.wait_for("disconnected: connection closed (1009")
     assert not model_available(mesh_gateway, "raw")
     await still_serving(mesh_gateway, scripted_worker)

@@ -32,7 +32,14 @@ def serve_app(app: Any, *, port: int | None = None, startup_timeout: float = 60.
     Waits (polling with a deadline) until the server has started, and stops it on exit.
     """
     port = port if port is not None else free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws_per_message_deflate=False,  # as `infermesh serve` runs it
+    )
     server = _Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

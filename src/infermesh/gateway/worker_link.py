@@ -1,4 +1,9 @@
-"""One worker's WebSocket, as frames: sent in order, received and parsed with limits."""
+"""One worker's WebSocket, as frames: sent in order, received and parsed with limits.
+
+The socket is served without permessage-deflate (uvicorn's ``ws_per_message_deflate``
+is off, and the worker does not offer it): frames are small and many, and compressing
+each one costs more CPU than the bytes it saves on the way.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ from infermesh.errors import WorkerLost
 from infermesh.mesh.remote import GatewayMessage, WorkerMessage
 from infermesh.protocol.wire import (
     MAX_FRAME_BYTES,
+    Batch,
     Chunk,
     Done,
     Drain,
     Heartbeat,
     Hello,
     JobError,
+    encode_gateway_frame,
     worker_frames,
 )
 
@@ -31,6 +38,7 @@ INTERNAL_ERROR = 1011
 NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001
 _MAX_CLOSE_REASON_BYTES = 123
+_MAX_UTF8_BYTES_PER_CHAR = 4
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class WebSocketLink:
     async def send(self, frame: GatewayMessage) -> None:
         async with self._send_lock:
             try:
-                await self._websocket.send_text(frame.model_dump_json())
+                await self._websocket.send_text(encode_gateway_frame(frame))
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                 raise WorkerLost("the worker's connection is closed") from exc
 
@@ -74,7 +82,7 @@ class WebSocketLink:
         text = message.get("text")
         if text is None:
             raise MalformedFrame("binary frame (frames are JSON text)")
-        if len(text) > MAX_FRAME_BYTES or len(text.encode()) > MAX_FRAME_BYTES:
+        if _utf8_size_over(text, MAX_FRAME_BYTES):
             raise MalformedFrame(f"frame larger than {MAX_FRAME_BYTES} bytes")
         return str(text)
 
@@ -96,6 +104,14 @@ class WebSocketLink:
             return
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await self._websocket.close(code, close_reason(reason))
+
+
+def _utf8_size_over(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes of UTF-8 (encoded only when its
+    length leaves it in doubt)."""
+    if len(text) * _MAX_UTF8_BYTES_PER_CHAR <= limit:
+        return False
+    return len(text) > limit or len(text.encode()) > limit
 
 
 def _field_names(model: type[BaseModel], seen: set[str]) -> set[str]:
@@ -123,10 +139,10 @@ _KNOWN_NAMES = frozenset(
     _field_names(Hello, set())
     | {
         name
-        for frame in (Heartbeat, Chunk, Done, JobError, Drain)
+        for frame in (Heartbeat, Chunk, Done, JobError, Drain, Batch)
         for name in _field_names(frame, set())
     }
-    | {"hello", "heartbeat", "chunk", "done", "error", "drain"}
+    | {"hello", "heartbeat", "chunk", "done", "error", "drain", "batch"}
 )
 
 

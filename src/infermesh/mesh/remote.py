@@ -33,6 +33,7 @@ from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
 from infermesh.protocol.wire import (
     WORKER_ERROR_CODES,
+    Batch,
     Cancel,
     Chunk,
     Done,
@@ -48,7 +49,7 @@ from infermesh.protocol.wire import (
 logger = logging.getLogger(__name__)
 
 GatewayMessage = Welcome | Refused | Heartbeat | Job | Cancel
-WorkerMessage = Hello | Heartbeat | Chunk | Done | JobError | Drain
+WorkerMessage = Hello | Heartbeat | Chunk | Done | JobError | Drain | Batch
 
 MAX_STRIKES = 2
 """Protocol breaches a connection survives minus one: the second one closes it."""
@@ -181,12 +182,11 @@ class RemoteWorker:
         Raises :class:`ProtocolViolation` when the connection must be closed.
         """
         self.last_seen = time.monotonic()
-        if isinstance(frame, Chunk):
-            self._on_chunk(frame)
-        elif isinstance(frame, Done):
-            self._on_done(frame)
-        elif isinstance(frame, JobError):
-            self._on_error(frame)
+        if isinstance(frame, Chunk | Done | JobError):
+            self._on_job_frame(frame)
+        elif isinstance(frame, Batch):
+            for job_frame in frame.frames:
+                self._on_job_frame(job_frame)
         elif isinstance(frame, Heartbeat):
             self.reported_in_flight = frame.in_flight
         elif isinstance(frame, Drain):
@@ -253,6 +253,14 @@ class RemoteWorker:
             )
         return None
 
+    def _on_job_frame(self, frame: Chunk | Done | JobError) -> None:
+        if isinstance(frame, Chunk):
+            self._on_chunk(frame)
+        elif isinstance(frame, Done):
+            self._on_done(frame)
+        else:
+            self._on_error(frame)
+
     def _on_chunk(self, frame: Chunk) -> None:
         run = self._run_for(frame.job_id, "a chunk")
         if run is None:
@@ -265,10 +273,13 @@ class RemoteWorker:
             self._flooded(run)
             return
         # The end of a job comes only in a done frame, where its usage is checked.
-        update: dict[str, object] = {"finish_reason": None, "usage": None}
-        if chunk.progress is not None and not _adds_up(chunk.progress):
-            update["progress"] = None
-        run.chunks.put_nowait(chunk.model_copy(update=update))
+        bad_progress = chunk.progress is not None and not _adds_up(chunk.progress)
+        if bad_progress or chunk.finish_reason is not None or chunk.usage is not None:
+            update: dict[str, object] = {"finish_reason": None, "usage": None}
+            if bad_progress:
+                update["progress"] = None
+            chunk = chunk.model_copy(update=update)
+        run.chunks.put_nowait(chunk)
 
     def _flooded(self, run: _JobRun) -> None:
         """Drop what the job buffered, fail it at once and tell the worker to stop."""

@@ -2,21 +2,23 @@
 :mod:`infermesh.protocol.wire`).
 
 The handshake: a worker token in ``Authorization: Bearer``, then a ``hello`` within
-:data:`HELLO_TIMEOUT` seconds. The gateway accepts the models that are in its catalog
-and that the token's scope allows, fits the slots announced into the token's
-``max_slots``, answers ``welcome`` with the worker's node id, and runs the session. A
-token already holding ``max_connections`` live connections is refused. Anything wrong
-gets a ``refused`` frame with a code and a reason, then the connection is closed.
+:data:`HELLO_TIMEOUT` seconds, of protocol version 1 or later (the connection speaks the
+lower of the worker's version and the gateway's). The gateway accepts the models that
+are in its catalog and that the token's scope allows, fits the slots announced into the
+token's ``max_slots``, answers ``welcome`` with the worker's node id and the version,
+and runs the session. A token already holding ``max_connections`` live connections is
+refused. Anything wrong gets a ``refused`` frame with a code and a reason, then the
+connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 
+import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
@@ -36,6 +38,7 @@ from infermesh.mesh.registry import WorkerRegistry
 from infermesh.mesh.remote import RemoteWorker
 from infermesh.mesh.worker import Operator
 from infermesh.protocol.wire import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Hello,
     Refused,
@@ -134,8 +137,8 @@ async def _receive_hello(link: WebSocketLink) -> Hello | Refused | None:
     if isinstance(text, Disconnected):
         return None
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return Refused(code="protocol_error", reason="The first frame is not JSON.")
     refusal = _version_refusal(data)
     if refusal is not None:
@@ -151,13 +154,13 @@ def _version_refusal(data: object) -> Refused | None:
     if not isinstance(data, dict) or data.get("type") != "hello":
         return Refused(code="protocol_error", reason="The first frame must be a hello.")
     version = data.get("protocol_version")
-    if version == PROTOCOL_VERSION:
+    if type(version) is int and version >= MIN_PROTOCOL_VERSION:
         return None
     return Refused(
         code="unsupported_protocol",
-        reason=f"This gateway speaks worker protocol version {PROTOCOL_VERSION}; the worker "
-        f"sent version {str(version)[:20]}. Install the infermesh version that matches "
-        "the gateway.",
+        reason=f"This gateway speaks worker protocol version {PROTOCOL_VERSION} and serves "
+        f"workers of version {MIN_PROTOCOL_VERSION} or later; the worker sent version "
+        f"{str(version)[:20]}. Install the infermesh version that matches the gateway.",
     )
 
 
@@ -181,11 +184,13 @@ def _admit(hello: Hello, services: Services, identity: WorkerIdentity) -> _Admis
         listed = "; ".join(f"{model.id}: {model.reason}" for model in refused)
         return Refused(code="no_known_models", reason=f"No model this gateway accepts ({listed}).")
     _log_clamped(identity.worker_id, offered, fit.slots, scope.max_slots)
+    version = min(hello.protocol_version, PROTOCOL_VERSION)
     welcome = Welcome(
         node_id=_node_id(services.registry, identity.worker_id),
         heartbeat_interval=services.settings.heartbeat_interval,
         accepted=list(fit.slots),
         refused=refused,
+        protocol_version=version if version > MIN_PROTOCOL_VERSION else None,
     )
     return _Admission(welcome, fit.slots)
 

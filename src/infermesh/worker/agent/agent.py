@@ -4,14 +4,17 @@ The agent starts its model host, dials the gateway (out, so it works behind NAT)
 and serves one :class:`~infermesh.worker.agent.session.GatewaySession` after another:
 when a connection drops it waits (exponential backoff with jitter) and dials again. A
 refusal that another attempt would get again (bad token, unsupported protocol, no
-known model) stops it with :data:`EXIT_REFUSED`. SIGTERM or SIGINT drains: no new
-jobs, the ones in flight finish, then the agent exits 0; a second signal stops at once.
+known model) stops it with :data:`EXIT_REFUSED`, except that a gateway that refuses the
+protocol version is dialed again at once with the oldest one (it predates the newer
+ones). SIGTERM or SIGINT drains: no new jobs, the ones in flight finish, then the agent
+exits 0; a second signal stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from dataclasses import dataclass
 
@@ -19,12 +22,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from infermesh import __version__
-from infermesh.protocol.wire import MAX_FRAME_BYTES
+from infermesh.protocol.wire import MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from infermesh.worker.agent.backoff import Backoff
 from infermesh.worker.agent.config import AgentConfig
 from infermesh.worker.agent.observer import AgentObserver, JobCounts
 from infermesh.worker.agent.session import GatewaySession, Refusal
 from infermesh.worker.host import ModelHost
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -40,6 +45,7 @@ class _Attempt:
     reason: str = ""
     registered: bool = False
     exit_code: int | None = None
+    retry_now: bool = False
 
 
 class WorkerAgent:
@@ -51,6 +57,7 @@ class WorkerAgent:
         self._observer = observer
         self._draining = asyncio.Event()
         self._force = asyncio.Event()
+        self._protocol_version = PROTOCOL_VERSION
         self.counts = JobCounts()
 
     def drain(self) -> None:
@@ -88,6 +95,8 @@ class WorkerAgent:
             reason = attempt.reason
             if self._draining.is_set():
                 break
+            if attempt.retry_now:
+                continue
             if attempt.registered:
                 backoff.reset()
             delay = backoff.next()
@@ -106,17 +115,25 @@ class WorkerAgent:
                 additional_headers={"Authorization": f"Bearer {self._config.token}"},
                 user_agent_header=f"infermesh-worker/{__version__}",
                 max_size=MAX_FRAME_BYTES,
+                compression=None,
                 open_timeout=self._config.connect_timeout,
                 close_timeout=_CLOSE_TIMEOUT,
             ) as websocket:
                 session = GatewaySession(
-                    websocket, self._host, self._config, self._observer, self.counts
+                    websocket,
+                    self._host,
+                    self._config,
+                    self._observer,
+                    self.counts,
+                    protocol_version=self._protocol_version,
                 )
                 welcome = await session.handshake()
                 self._observer.registered(welcome)
                 reason = await session.serve(welcome, draining=self._draining, force=self._force)
                 return _Attempt(reason=reason, registered=True)
         except Refusal as refusal:
+            if self._older_protocol(refusal):
+                return _Attempt(reason="the gateway speaks an older protocol", retry_now=True)
             self._observer.refused(refusal.code, refusal.reason, fatal=refusal.fatal)
             if refusal.fatal:
                 return _Attempt(exit_code=EXIT_REFUSED)
@@ -128,6 +145,20 @@ class WorkerAgent:
             return _Attempt(exit_code=EXIT_REFUSED)
         except (OSError, TimeoutError, WebSocketException) as exc:
             return _Attempt(reason=_describe_failure(exc))
+
+    def _older_protocol(self, refusal: Refusal) -> bool:
+        """Whether to dial again with the oldest protocol version, after ``refusal``."""
+        if refusal.code != "unsupported_protocol":
+            return False
+        if self._protocol_version == MIN_PROTOCOL_VERSION:
+            return False
+        logger.info(
+            "the gateway refused protocol version %d; dialing again with version %d",
+            self._protocol_version,
+            MIN_PROTOCOL_VERSION,
+        )
+        self._protocol_version = MIN_PROTOCOL_VERSION
+        return True
 
     def _http_refusal(self, status: int) -> _Attempt:
         reason = f"the gateway answered the connection with HTTP {status}"

@@ -1,6 +1,7 @@
 """The jobs a worker runs for one gateway connection, each as an asyncio task.
 
-A job's chunks go back as ``chunk`` frames and its end as ``done`` (or ``error``).
+A job's chunks go back as ``chunk`` frames and its end as ``done`` (or ``error``), encoded
+here straight from the backend's chunks (see :func:`~infermesh.protocol.wire.encode_chunk`).
 Each model runs at most its announced number of jobs at once; a job over that limit,
 for a model not served, or sent while draining is answered with an ``error`` frame
 straight away so the gateway can try another worker. A job's slot is given back
@@ -18,15 +19,21 @@ from websockets.exceptions import ConnectionClosed
 from infermesh.errors import BackendError, InfermeshError, InvalidRequest, UpstreamRejected
 from infermesh.protocol.chat import Usage
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
-from infermesh.protocol.wire import Chunk, Done, Drain, Heartbeat, Hello, JobError
+from infermesh.protocol.wire import (
+    MAX_ERROR_MESSAGE,
+    JobError,
+    encode_chunk,
+    encode_done,
+    encode_worker_frame,
+)
 from infermesh.worker.agent.observer import JobCounts
 from infermesh.worker.host import ModelHost
 
 logger = logging.getLogger(__name__)
 
-WorkerMessage = Hello | Heartbeat | Chunk | Done | JobError | Drain
 _NO_USAGE = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-Send = Callable[[WorkerMessage], Awaitable[None]]
+Send = Callable[[bytes], Awaitable[None]]
+"""Queues one encoded job frame for the gateway."""
 
 
 class JobRunner:
@@ -62,7 +69,9 @@ class JobRunner:
         if refusal is not None:
             code, message = refusal
             logger.info("job %s refused: %s", job.id, code)
-            await self._send(JobError(job_id=job.id, code=code, message=message))
+            await self._send(
+                encode_worker_frame(JobError(job_id=job.id, code=code, message=message))
+            )
             return
         self._models[job.id] = job.model
         self._busy[job.model] = self._busy.get(job.model, 0) + 1
@@ -102,16 +111,17 @@ class JobRunner:
 
     async def _run(self, job: GenerationJob) -> None:
         try:
-            final: WorkerMessage = await self._stream(job)
+            final = await self._stream(job)
             self._counts.served += 1
         except ConnectionClosed:
             return  # the gateway is gone; it has failed the job over already
         except InfermeshError as exc:
-            final = _error_frame(job.id, exc)
+            final = encode_worker_frame(_error_frame(job.id, exc))
             self._counts.failed += 1
         except Exception as exc:
             logger.error("job %s failed: %s", job.id, type(exc).__name__)
-            final = JobError(job_id=job.id, code="worker_error", message="The worker failed.")
+            error = JobError(job_id=job.id, code="worker_error", message="The worker failed.")
+            final = encode_worker_frame(error)
             self._counts.failed += 1
         self._release(job.id, asyncio.current_task())
         try:
@@ -119,19 +129,15 @@ class JobRunner:
         except ConnectionClosed:
             return
 
-    async def _stream(self, job: GenerationJob) -> Done:
+    async def _stream(self, job: GenerationJob) -> bytes:
         """Send the job's chunks; return its ``done`` frame."""
         chunks = self._host.generate(job)
         try:
             async for chunk in chunks:
                 if chunk.content or chunk.tool_calls:
-                    piece = GenerationChunk(
-                        content=chunk.content, tool_calls=chunk.tool_calls, progress=chunk.progress
-                    )
-                    await self._send(Chunk(job_id=job.id, chunk=piece))
+                    await self._send(encode_chunk(job.id, chunk))
                 if chunk.finish_reason is not None:
-                    usage = chunk.usage or _NO_USAGE
-                    return Done(job_id=job.id, finish_reason=chunk.finish_reason, usage=usage)
+                    return encode_done(job.id, chunk.finish_reason, chunk.usage or _NO_USAGE)
         finally:
             await _close(chunks)
         raise BackendError("The engine ended the job without finishing it.")
@@ -158,7 +164,8 @@ def _error_frame(job_id: str, exc: InfermeshError) -> JobError:
     """The error frame of a failed job; a refused request carries its 4xx status."""
     status = exc.status_code if isinstance(exc, InvalidRequest | UpstreamRejected) else None
     code = exc.code or "backend_error"
-    return JobError(job_id=job_id, code=code, message=exc.message[:4000], status=status)
+    message = exc.message[:MAX_ERROR_MESSAGE]
+    return JobError(job_id=job_id, code=code, message=message, status=status)
 
 
 async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:

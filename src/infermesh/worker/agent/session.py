@@ -1,9 +1,11 @@
 """One connection of a worker to its gateway: the handshake, then frames both ways.
 
-After ``hello``/``welcome``, three tasks run until one ends the connection: the reader
-(jobs and cancels in), the heartbeat (out every interval; a gateway silent for a few
-intervals is taken for dead), and the drainer (on a drain request: send ``drain``,
-wait for the jobs in flight, close). Whatever ends it, the jobs still running stop.
+After ``hello``/``welcome``, four tasks run until one ends the connection: the reader
+(jobs and cancels in), the writer (every frame out, in order, through an
+:class:`~infermesh.worker.agent.outbox.Outbox`), the heartbeat (every interval; a
+gateway silent for a few intervals is taken for dead), and the drainer (on a drain
+request: send ``drain``, wait for the jobs in flight and their last frames, close).
+Whatever ends it, the jobs still running stop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from infermesh import __version__
 from infermesh.protocol.wire import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Cancel,
     Drain,
@@ -29,11 +32,13 @@ from infermesh.protocol.wire import (
     Refused,
     ServedModel,
     Welcome,
+    encode_worker_frame,
     gateway_frames,
 )
 from infermesh.worker.agent.config import AgentConfig
-from infermesh.worker.agent.jobs import JobRunner, WorkerMessage
+from infermesh.worker.agent.jobs import JobRunner
 from infermesh.worker.agent.observer import AgentObserver, JobCounts
+from infermesh.worker.agent.outbox import Outbox
 from infermesh.worker.host import ModelHost
 
 logger = logging.getLogger(__name__)
@@ -57,7 +62,11 @@ class Refusal(Exception):
 
 
 class GatewaySession:
-    """A worker's side of one WebSocket connection to the gateway."""
+    """A worker's side of one WebSocket connection to the gateway.
+
+    ``protocol_version`` is the newest version the hello offers (a lower one to talk to
+    a gateway that knows no newer).
+    """
 
     def __init__(
         self,
@@ -66,24 +75,22 @@ class GatewaySession:
         config: AgentConfig,
         observer: AgentObserver,
         counts: JobCounts,
+        *,
+        protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
         self._websocket = websocket
         self._host = host
         self._config = config
         self._observer = observer
         self._counts = counts
-        self._send_lock = asyncio.Lock()
+        self._protocol_version = protocol_version
         self._last_heard = time.monotonic()
-
-    async def send(self, frame: WorkerMessage) -> None:
-        async with self._send_lock:
-            await self._websocket.send(frame.model_dump_json())
 
     async def handshake(self) -> Welcome:
         """Say hello; return the welcome, or raise :class:`Refusal`."""
         models = [ServedModel(id=model, concurrency=n) for model, n in self._config.models.items()]
         hello = Hello(
-            protocol_version=PROTOCOL_VERSION,
+            protocol_version=self._protocol_version,
             worker_version=__version__,
             name=self._config.name,
             models=models,
@@ -91,7 +98,7 @@ class GatewaySession:
         # A gateway that refuses before reading the hello (a bad token) has closed by now,
         # but its refusal, with the reason, is still queued to be read.
         with contextlib.suppress(ConnectionClosed):
-            await self.send(hello)
+            await self._websocket.send(encode_worker_frame(hello), text=True)
         try:
             message = await asyncio.wait_for(self._websocket.recv(), self._config.connect_timeout)
         except ConnectionClosed as exc:
@@ -110,12 +117,17 @@ class GatewaySession:
         """Run jobs until the connection ends; return why it ended."""
         announced = self._config.models
         limits = {model: announced[model] for model in welcome.accepted if model in announced}
-        runner = JobRunner(self._host, self.send, limits, self._counts, self._observer.jobs_changed)
+        version = min(welcome.protocol_version or MIN_PROTOCOL_VERSION, self._protocol_version)
+        outbox = Outbox(self._websocket, batches=version >= 2)
+        runner = JobRunner(
+            self._host, outbox.send, limits, self._counts, self._observer.jobs_changed
+        )
         interval = max(welcome.heartbeat_interval, _MIN_HEARTBEAT_INTERVAL)
         tasks = {
             asyncio.create_task(self._read(runner)),
-            asyncio.create_task(self._heartbeat(interval, runner)),
-            asyncio.create_task(self._drain(runner, draining, force)),
+            asyncio.create_task(_write(outbox)),
+            asyncio.create_task(self._heartbeat(interval, runner, outbox)),
+            asyncio.create_task(self._drain(runner, outbox, draining, force)),
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -142,28 +154,41 @@ class GatewaySession:
             return "drained"
         return _describe_code(self._websocket.close_code, self._websocket.close_reason)
 
-    async def _heartbeat(self, interval: float, runner: JobRunner) -> str:
+    async def _heartbeat(self, interval: float, runner: JobRunner, outbox: Outbox) -> str:
         silent_limit = interval * self._config.heartbeat_misses
         try:
             while True:
                 await asyncio.sleep(interval)
                 if time.monotonic() - self._last_heard > silent_limit:
                     return f"the gateway was silent for {silent_limit:g}s"
-                await self.send(Heartbeat(in_flight=runner.in_flight))
+                heartbeat = Heartbeat(in_flight=runner.in_flight)
+                await outbox.send(encode_worker_frame(heartbeat), job=False)
         except ConnectionClosed as exc:
             return describe_close(exc)
 
-    async def _drain(self, runner: JobRunner, draining: asyncio.Event, force: asyncio.Event) -> str:
+    async def _drain(
+        self, runner: JobRunner, outbox: Outbox, draining: asyncio.Event, force: asyncio.Event
+    ) -> str:
         await draining.wait()
         runner.accepting = False
         try:
-            await self.send(Drain())
+            await outbox.send(encode_worker_frame(Drain()), job=False)
             self._observer.draining(runner.in_flight)
             await _first_of(runner.wait_idle(), force.wait())
+            if not force.is_set():
+                await outbox.flush()
             await self._websocket.close(1000, "drained")
         except ConnectionClosed as exc:
             return describe_close(exc)
         return "drained"
+
+
+async def _write(outbox: Outbox) -> str:
+    """Run the outbox's writer; return why the connection ended."""
+    try:
+        await outbox.run()
+    except ConnectionClosed as exc:
+        return describe_close(exc)
 
 
 def _parse(message: str | bytes) -> GatewayMessage | None:

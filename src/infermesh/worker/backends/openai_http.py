@@ -6,23 +6,35 @@ the engine's model name, always asks for a stream with usage, and turns the
 server-sent events into generation chunks. Of the fields a client sent that the
 protocol models do not declare, only :data:`ENGINE_EXTRA_FIELDS` reach the engine
 (the gateway drops the others too; this is the worker's own guard).
+
+Every job is a new request on a pool of keep-alive connections (as many as the jobs
+running at once: the agent bounds those). A stream is read to the end of its body after
+``[DONE]`` so that its connection goes back to the pool; an engine that keeps the body
+open past that loses the connection instead of holding up the job. Events are parsed
+with orjson (json's grammar is the fallback, for what orjson refuses: NaN, huge numbers).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 from pydantic import ValidationError
 
 from infermesh.errors import BackendError, InfermeshError, UpstreamRejected
 from infermesh.protocol.chat import ChatCompletionRequest, FinishReason, ToolCallDelta, Usage
 from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS, declared_fields
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
-from infermesh.worker.toolcalls import load_json
+from infermesh.protocol.json_depth import MAX_JSON_DEPTH
+from infermesh.worker.toolcalls import load_json, nests_deeper_than
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +50,11 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "function_call": "tool_calls",
 }
 _FAILED_FINISH_REASONS = frozenset({"abort", "error"})
+STREAMS_PER_CLIENT = 4
+_KEEPALIVE_EXPIRY = 4.0  # below the 5 s after which uvicorn-based engines drop idle ones
+_END_OF_BODY_TIMEOUT = 1.0
+_MAX_LINES_AFTER_DONE = 16
+_JSON_HEADERS = {"content-type": "application/json"}
 
 
 class OpenAIBackend:
@@ -58,30 +75,30 @@ class OpenAIBackend:
         connect_timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._chat_url = httpx.URL(f"{self.base_url}/{_CHAT_PATH}")  # joined once, not per job
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._client: httpx.AsyncClient | None = None
+        self._clients: _ClientPool | None = None
         self._warned_no_usage = False
 
     async def start(self) -> None:
         """Open the connection pool to the engine."""
-        if self._client is None:
+        if self._clients is None:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url + "/", headers=headers, timeout=self._timeout
-            )
+            self._clients = _ClientPool(self.base_url + "/", headers=headers, timeout=self._timeout)
 
     async def close(self) -> None:
         """Close the connection pool; streams still open fail with :class:`BackendError`."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        clients, self._clients = self._clients, None
+        if clients is not None:
+            await clients.aclose()
 
     async def list_models(self) -> list[str]:
         """The names of the models the engine serves (``GET {base_url}/models``)."""
-        client = self._require_client()
+        clients = self._require_clients()
         try:
-            response = await client.get(_MODELS_PATH)
+            async with clients.stream("GET", _MODELS_PATH) as response:
+                await response.aread()
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if response.status_code >= 400:
@@ -99,20 +116,24 @@ class OpenAIBackend:
         Closing the iterator early closes the upstream response, so the engine sees the
         disconnect and stops generating.
         """
-        client = self._require_client()
-        body = upstream_body(job.request, engine_model)
+        clients = self._require_clients()
+        content = _json_bytes(upstream_body(job.request, engine_model))
         translator = _StreamTranslator(job.request)
         try:
-            async with client.stream("POST", _CHAT_PATH, json=body) as response:
+            async with clients.stream(
+                "POST", self._chat_url, content=content, headers=_JSON_HEADERS
+            ) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _status_error(response, engine_model=engine_model, api_key=self._api_key)
-                async for line in response.aiter_lines():
-                    chunk = translator.feed(line)
-                    if chunk is not None:
-                        yield chunk
-                    if translator.done:
-                        break
+                async with contextlib.aclosing(_sse_lines(response)) as lines:
+                    async for line in lines:
+                        chunk = translator.feed(line)
+                        if chunk is not None:
+                            yield chunk
+                        if translator.done:
+                            await _read_to_end(lines)
+                            break
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if translator.estimated_usage and not self._warned_no_usage:
@@ -120,10 +141,69 @@ class OpenAIBackend:
             logger.warning("upstream engine sends no usage; estimating it (about 4 chars a token)")
         yield translator.final_chunk()
 
-    def _require_client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _require_clients(self) -> _ClientPool:
+        if self._clients is None:
             raise RuntimeError("OpenAIBackend.start() must be called before use")
-        return self._client
+        return self._clients
+
+
+class _ClientPool:
+    """Keep-alive connections to one engine, in httpx clients of a few streams each.
+
+    httpcore's pool does work per request that grows with the square of its connections
+    (and a readiness check of each idle one): at 64 streams on one client that costs
+    milliseconds a request. So each client carries at most :data:`STREAMS_PER_CLIENT`
+    streams at once, and as many clients are opened as the jobs running at once need
+    (the agent bounds those); the first with room takes the next stream, so traffic
+    stays on warm connections. The clients share one TLS context (making one per client
+    would cost a tenth of a second each).
+    """
+
+    def __init__(self, base_url: str, *, headers: dict[str, str], timeout: httpx.Timeout) -> None:
+        self._options: dict[str, Any] = {
+            "base_url": base_url,
+            "headers": headers,
+            "timeout": timeout,
+            "verify": httpx.create_ssl_context(),
+            "limits": httpx.Limits(
+                max_connections=STREAMS_PER_CLIENT,
+                max_keepalive_connections=STREAMS_PER_CLIENT,
+                keepalive_expiry=_KEEPALIVE_EXPIRY,
+            ),
+        }
+        self._clients: list[_Client] = []
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str | httpx.URL, **options: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """``httpx.AsyncClient.stream`` on the first client with room."""
+        client = self._with_room()
+        client.streams += 1
+        try:
+            async with client.http.stream(method, url, **options) as response:
+                yield response
+        finally:
+            client.streams -= 1
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await client.http.aclose()
+
+    def _with_room(self) -> _Client:
+        for client in self._clients:
+            if client.streams < STREAMS_PER_CLIENT:
+                return client
+        client = _Client(httpx.AsyncClient(**self._options))
+        self._clients.append(client)
+        return client
+
+
+@dataclass
+class _Client:
+    http: httpx.AsyncClient
+    streams: int = 0
 
 
 def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str, Any]:
@@ -137,11 +217,46 @@ def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str
     return body
 
 
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """``body`` as compact JSON (json's own encoder for what orjson refuses: huge ints)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _sse_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The lines of an event stream, split at CR, LF or CRLF only (``aiter_lines`` also
+    splits at U+2028 and other characters that JSON strings may hold raw), on bytes."""
+    pending = b""
+    async for data in response.aiter_bytes():
+        text = (pending + data).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = text.split(b"\n")
+        for line in lines:
+            yield line.decode(errors="replace")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
+async def _read_to_end(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]``, normally just the end of the body, so the connection
+    can be used again; give up (the connection is then closed) on an engine that sends
+    more or keeps the body open."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_END_OF_BODY_TIMEOUT):
+            extra = 0
+            async for line in lines:
+                extra += bool(line)
+                if extra > _MAX_LINES_AFTER_DONE:
+                    return
+
+
 class _StreamTranslator:
     """Turns the engine's server-sent events into chunks and remembers how it ended."""
 
     def __init__(self, request: ChatCompletionRequest) -> None:
         self._request = request
+        self._prompt_tokens: int | None = None
         self._generated_chars = 0
         self._content_chunks = 0
         self.finish_reason: FinishReason | None = None
@@ -195,7 +310,7 @@ class _StreamTranslator:
         (an engine streams about one token a chunk, and about four characters a token)."""
         if self.usage is not None:
             return self.usage
-        prompt = _estimate_tokens(_prompt_chars(self._request))
+        prompt = self._estimated_prompt_tokens()
         completion = max(self._content_chunks, _estimate_tokens(self._generated_chars))
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
@@ -203,16 +318,31 @@ class _StreamTranslator:
 
     def _estimate_usage(self) -> Usage:
         """A rough count (about four characters a token), for engines that report none."""
-        prompt = _estimate_tokens(_prompt_chars(self._request))
+        prompt = self._estimated_prompt_tokens()
         completion = _estimate_tokens(self._generated_chars)
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
 
+    def _estimated_prompt_tokens(self) -> int:
+        if self._prompt_tokens is None:
+            self._prompt_tokens = _estimate_tokens(_prompt_chars(self._request))
+        return self._prompt_tokens
+
+
+def _load_event(data: str) -> Any:
+    """The JSON of one event, nested at most :data:`MAX_JSON_DEPTH` deep (else ValueError)."""
+    if nests_deeper_than(data, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return load_json(data)
+
 
 def _decode_event(data: str) -> dict[str, Any]:
     try:
-        event = load_json(data)
+        event = _load_event(data)
     except ValueError as exc:
         raise BackendError("the upstream engine sent a malformed stream (bad JSON)") from exc
     if not isinstance(event, dict):
