@@ -57,9 +57,14 @@ class RawGateway:
         assert self._connection is not None
         return await asyncio.wait_for(asyncio.shield(self._connection), timeout=60)
 
-    async def send_job(self, job_id: str, text: str, *, model: str = "m") -> float:
-        """Send a job; return the time it was sent."""
-        request = {"model": model, "messages": [{"role": "user", "content": text}]}
+    async def send_job(
+        self, job_id: str, text: str, *, model: str = "m", stream: bool | None = None
+    ) -> float:
+        """Send a job (of a request with ``stream`` set, if given); return the time it
+        was sent."""
+        request: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
+        if stream is not None:
+            request["stream"] = stream
         frame = {"type": "job", "job": {"id": job_id, "model": model, "request": request}}
         websocket = await self.connection()
         sent = time.perf_counter()

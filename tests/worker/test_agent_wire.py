@@ -77,3 +77,31 @@ async def test_an_older_gateway_is_dialed_again_with_the_oldest_version(
     versions = [hello["protocol_version"] for hello in gateway.hellos]
     assert versions == [PROTOCOL_VERSION, MIN_PROTOCOL_VERSION]
     assert texts == ["echo: text of job-0", "echo: text of job-1"]
+
+
+def chunk_frames(gateway: Any, job_id: str) -> list[str]:
+    return [
+        received.frame["chunk"].get("content") or ""
+        for received in gateway.received
+        if received.frame["type"] == "chunk" and received.frame["job_id"] == job_id
+    ]
+
+
+async def test_a_job_not_streamed_to_its_client_comes_back_in_few_frames(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """The gateway pays for every frame; a client that waits for the whole answer needs
+    its first piece (the first token is timed) and then the rest, not one per token."""
+    words = " ".join(f"w{index}" for index in range(40))
+    async with (
+        raw_gateway(version=PROTOCOL_VERSION) as gateway,
+        running_agent(gateway, engine, tmp_path),
+    ):
+        await gateway.send_job("whole", words, stream=False)
+        await gateway.frame("done", "whole")
+        await gateway.send_job("streamed", words, stream=True)
+        await gateway.frame("done", "streamed")
+    whole, streamed = chunk_frames(gateway, "whole"), chunk_frames(gateway, "streamed")
+    assert "".join(whole) == "".join(streamed) == f"echo: {words}"
+    assert len(whole) == 2  # the first piece, then the rest at the end
+    assert len(streamed) > 40  # a token a frame

@@ -130,13 +130,24 @@ class JobRunner:
             return
 
     async def _stream(self, job: GenerationJob) -> bytes:
-        """Send the job's chunks; return its ``done`` frame."""
+        """Send the job's chunks; return its ``done`` frame.
+
+        A job whose client did not ask for a stream gets its text in few frames: the
+        first piece at once (the gateway times the first token), then the text that
+        follows joined, sent every :data:`JOIN_SECONDS` (well within the gateway's
+        deadline between chunks), at a tool call, or at the end."""
         chunks = self._host.generate(job)
+        joined = None if job.request.stream else _Joined(asyncio.get_running_loop().time())
         try:
             async for chunk in chunks:
                 if chunk.content or chunk.tool_calls:
-                    await self._send(encode_chunk(job.id, chunk))
+                    pending = chunk if joined is None else joined.add(chunk)
+                    if pending is not None:
+                        await self._send(encode_chunk(job.id, pending))
                 if chunk.finish_reason is not None:
+                    rest = joined.take() if joined is not None else None
+                    if rest is not None:
+                        await self._send(encode_chunk(job.id, rest))
                     return encode_done(job.id, chunk.finish_reason, chunk.usage or _NO_USAGE)
         finally:
             await _close(chunks)
@@ -158,6 +169,55 @@ class JobRunner:
         else:
             self._idle.set()
         self._on_change(self._counts)
+
+
+JOIN_SECONDS = 1.0
+"""How long a non-streamed job's text is gathered before it is sent."""
+JOIN_BYTES = 64 * 1024
+"""How much of it at most."""
+
+
+class _Joined:
+    """The text of a non-streamed job, gathered into few chunks (tool-call pieces pass
+    as they are, after the text before them)."""
+
+    def __init__(self, now: float) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self._progress: Usage | None = None
+        self._first = True
+        self._since = now
+
+    def add(self, chunk: GenerationChunk) -> GenerationChunk | None:
+        """What to send now, if anything."""
+        if self._first or chunk.tool_calls:
+            self._first = False
+            before = self.take()
+            return chunk if before is None else _merged(before, chunk)
+        self._parts.append(chunk.content or "")
+        self._size += len(chunk.content or "")
+        self._progress = chunk.progress or self._progress
+        now = asyncio.get_running_loop().time()
+        if self._size >= JOIN_BYTES or now - self._since >= JOIN_SECONDS:
+            return self.take()
+        return None
+
+    def take(self) -> GenerationChunk | None:
+        """The text gathered so far (and empty the buffer)."""
+        self._since = asyncio.get_running_loop().time()
+        if not self._parts:
+            return None
+        text, self._parts, self._size = "".join(self._parts), [], 0
+        return GenerationChunk(content=text, progress=self._progress)
+
+
+def _merged(before: GenerationChunk, chunk: GenerationChunk) -> GenerationChunk:
+    """``before``'s text and ``chunk`` (with its own text after it) as one piece."""
+    return GenerationChunk(
+        content=(before.content or "") + (chunk.content or ""),
+        tool_calls=chunk.tool_calls,
+        progress=chunk.progress or before.progress,
+    )
 
 
 def _error_frame(job_id: str, exc: InfermeshError) -> JobError:
