@@ -93,17 +93,20 @@ class ChatService:
 
     async def chunks(
         self, run: ChatRun, *, include_usage: bool
-    ) -> AsyncIterator[ChatCompletionChunk | ErrorBody]:
+    ) -> AsyncIterator[str | ChatCompletionChunk | ErrorBody]:
         """The ``chat.completion.chunk`` objects of a started run; an error midway ends
-        it with an error body."""
+        it with an error body. A chunk that is only text comes as that text (a ``str``):
+        most chunks are, and the caller frames them without building a model each."""
         generation = run.generation
         assert generation is not None
         identity = generation.identity
         try:
             yield identity.chunk(Delta(role="assistant", content=""))
             async for chunk in generation:
-                if chunk.content or chunk.tool_calls:
+                if chunk.tool_calls:
                     yield identity.chunk(Delta(content=chunk.content, tool_calls=chunk.tool_calls))
+                elif chunk.content:
+                    yield chunk.content
             finish = generation.builder.finish_reason or "stop"
             yield identity.chunk(Delta(), finish_reason=finish)
             if include_usage:

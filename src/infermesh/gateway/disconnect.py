@@ -23,22 +23,28 @@ logger = logging.getLogger(__name__)
 async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """The result of ``work`` (its exception as it is), or, if the client disconnects
     first, :class:`ClientDisconnected` once ``work`` has been cancelled and has cleaned
-    up. The request body must have been read already."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    up. The request body must have been read already.
+
+    ``work`` runs in the caller's task; a watcher task cancels that task when the client
+    leaves (one task per request, not two)."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = asyncio.Event()
+    watcher = asyncio.ensure_future(_cancel_when_gone(request, task, left))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not left.is_set():
+            raise
+        task.uncancel()
+        raise ClientDisconnected("The client closed the connection before the answer.") from None
     finally:
         watcher.cancel()
-        if not task.done():
-            logger.info("the client left before its answer; stopping the request")
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)  # let it settle its bill
-    if task.cancelled():
-        raise ClientDisconnected("The client closed the connection before the answer.")
-    return task.result()
 
 
-async def _disconnected(request: Request) -> None:
+async def _cancel_when_gone(request: Request, task: asyncio.Task[Any], left: asyncio.Event) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    logger.info("the client left before its answer; stopping the request")
+    left.set()
+    task.cancel()
