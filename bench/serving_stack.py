@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -117,6 +118,20 @@ def wait_until(
                 return
         time.sleep(0.2)
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{tail(log)}")
+
+
+def complaints(log: Path, top: int = 12) -> list[tuple[str, int]]:
+    """The WARNING and ERROR lines of ``log``, ids and numbers blanked, most common first."""
+    if not log.exists():
+        return []
+    counts: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if " WARNING " not in line and " ERROR " not in line:
+            continue
+        message = re.sub(r"\b(req|chatcmpl|wrk|key|slice)[-_][0-9a-f-]+", r"\1_…", line[24:])
+        message = re.sub(r"\d+(\.\d+)?", "N", message)[:160]
+        counts[message] = counts.get(message, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])[:top]
 
 
 def tail(log: Path, lines: int = 30) -> str:

@@ -352,3 +352,41 @@ async def test_engine_errors_reach_the_openai_sdk() -> None:
 
     assert missing.value.code == "model_not_found"
     assert [model.id for model in models.data] == ["scripted-1"]
+
+
+# --- the connection pool ------------------------------------------------------------
+
+
+async def test_a_pool_that_lost_its_connections_is_replaced_not_waited_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore can leak a pool slot when a request is cancelled (encode/httpcore#1093);
+    a job must then fail over at once, and the next one get a fresh pool, instead of
+    every job waiting for a connection forever. The leak is stood in for by holding
+    every connection of the client's pool outside its stream count."""
+    from infermesh.worker.backends import openai_http
+
+    monkeypatch.setattr(openai_http, "POOL_TIMEOUT", 0.5)
+    with run_engine(chunk_delay=0.5) as slow:
+        backend = OpenAIBackend(slow.base_url)
+        await backend.start()
+        try:
+            assert text_of(await collect(backend, make_job())) == "echo: hello big world"
+            pool = backend._require_clients()
+            (wedged,) = pool._clients
+            body = {"model": ENGINE_MODEL, "messages": [{"role": "user", "content": "x"}]}
+            held = [
+                wedged.http.stream("POST", "chat/completions", json={**body, "stream": True})
+                for _ in range(2 * openai_http.STREAMS_PER_CLIENT)
+            ]
+            for stream in held:
+                await stream.__aenter__()
+            with pytest.raises(BackendError, match="timed out"):
+                await collect(backend, make_job())
+            assert wedged not in pool._clients
+            chunks = await collect(backend, make_job())  # on a new client
+            assert text_of(chunks) == "echo: hello big world"
+            for stream in held:
+                await stream.__aexit__(None, None, None)
+        finally:
+            await backend.close()

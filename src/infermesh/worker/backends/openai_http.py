@@ -51,6 +51,11 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 }
 _FAILED_FINISH_REASONS = frozenset({"abort", "error"})
 STREAMS_PER_CLIENT = 4
+POOL_TIMEOUT = 5.0
+"""Seconds a stream may wait for a connection of its client's pool. A client never has
+more streams than connections, so a healthy pool answers at once; one that does not has
+lost connections to a cancelled request (httpcore 1.0.9 can leak a slot that way,
+encode/httpcore#1093): it is retired and the job fails over instead of hanging."""
 _KEEPALIVE_EXPIRY = 4.0  # below the 5 s after which uvicorn-based engines drop idle ones
 _END_OF_BODY_TIMEOUT = 1.0
 _MAX_LINES_AFTER_DONE = 16
@@ -77,7 +82,7 @@ class OpenAIBackend:
         self.base_url = base_url.rstrip("/")
         self._chat_url = httpx.URL(f"{self.base_url}/{_CHAT_PATH}")  # joined once, not per job
         self._api_key = api_key
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=POOL_TIMEOUT)
         self._clients: _ClientPool | None = None
         self._warned_no_usage = False
 
@@ -166,7 +171,7 @@ class _ClientPool:
             "timeout": timeout,
             "verify": httpx.create_ssl_context(),
             "limits": httpx.Limits(
-                max_connections=STREAMS_PER_CLIENT,
+                max_connections=2 * STREAMS_PER_CLIENT,
                 max_keepalive_connections=STREAMS_PER_CLIENT,
                 keepalive_expiry=_KEEPALIVE_EXPIRY,
             ),
@@ -177,14 +182,26 @@ class _ClientPool:
     async def stream(
         self, method: str, url: str | httpx.URL, **options: Any
     ) -> AsyncIterator[httpx.Response]:
-        """``httpx.AsyncClient.stream`` on the first client with room."""
+        """``httpx.AsyncClient.stream`` on the first client with room. A client whose
+        pool gives no connection in time is retired (closed once its streams end)."""
         client = self._with_room()
         client.streams += 1
         try:
             async with client.http.stream(method, url, **options) as response:
                 yield response
+        except httpx.PoolTimeout:
+            self._retire(client)
+            raise
         finally:
             client.streams -= 1
+            if client.retired and not client.streams:
+                await client.http.aclose()
+
+    def _retire(self, client: _Client) -> None:
+        if not client.retired:
+            logger.warning("a connection pool to the engine lost its connections; replacing it")
+            client.retired = True
+            self._clients = [other for other in self._clients if other is not client]
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, []
@@ -204,6 +221,7 @@ class _ClientPool:
 class _Client:
     http: httpx.AsyncClient
     streams: int = 0
+    retired: bool = False
 
 
 def upstream_body(request: ChatCompletionRequest, engine_model: str) -> dict[str, Any]:
