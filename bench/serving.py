@@ -287,6 +287,9 @@ def measure_infermesh(
                 print(f"{config.name} {log}: warnings and errors:", file=sys.stderr)
                 for line, count in complaints:
                     print(f"  {count:6d} x {line}", file=sys.stderr)
+                first = stack.first_error(data_dir / log)
+                if first:
+                    print(f"the first error in full:\n{first}", file=sys.stderr)
 
 
 def run_litellm(

@@ -134,6 +134,15 @@ def complaints(log: Path, top: int = 12) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: -item[1])[:top]
 
 
+def first_error(log: Path, lines: int = 40) -> str:
+    """The first ERROR line of ``log`` and the lines after it (its traceback)."""
+    text = log.read_text(errors="replace").splitlines()
+    for index, line in enumerate(text):
+        if " ERROR " in line:
+            return "\n".join(text[index : index + lines])
+    return ""
+
+
 def tail(log: Path, lines: int = 30) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

@@ -233,6 +233,21 @@ async def test_a_pool_admits_exactly_its_limit(stores: StoreFactory) -> None:
     assert verdicts[3].retry_after == 1.0
 
 
+async def test_more_requests_at_once_than_connections_all_get_an_answer(
+    stores: StoreFactory,
+) -> None:
+    """A thousand streams ending at once each release their slot: with more commands at
+    once than the Redis store has connections, they wait their turn, none fails."""
+    store = stores.new()
+    pool = Pool(stores.key("concurrent"), 2_000)
+    many = 1_000
+    verdicts = await asyncio.gather(*(store.admit([], [pool], slot=f"s{i}") for i in range(many)))
+    assert all(verdict.admitted for verdict in verdicts)
+    await asyncio.gather(*(store.finish([], [pool], slot=f"s{i}") for i in range(many)))
+    after = await store.admit([], [pool], slot="last")
+    assert after.occupancy[0].in_use == 1
+
+
 async def test_release_frees_exactly_one_slot(stores: StoreFactory) -> None:
     store = stores.new()
     pool = Pool(stores.key("concurrent"), 3)

@@ -143,15 +143,27 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+MAX_CONNECTIONS = 64
+"""Connections one gateway opens to Redis for its limits, at most."""
+
+
 class RedisLimitStore:
     """Limit state in Redis, shared by every gateway that uses the same URL and prefix."""
 
     def __init__(self, url: str, *, slot_ttl: float = 30.0, timeout: float = 2.0) -> None:
         self._url = url
         self._slot_ttl = slot_ttl
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        # A blocking pool: with more requests at once than connections, a command waits
+        # (up to ``timeout``) for one, instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._admit = self._redis.register_script(_ADMIT)
         self._renew = self._redis.register_script(_RENEW)
         self._finish = self._redis.register_script(_FINISH)
