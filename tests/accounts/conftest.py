@@ -1,44 +1,19 @@
-"""Fixtures of the account tests: a migrated database on SQLite and on PostgreSQL, and a
-count of the statements sent to it."""
+"""Fixtures of the account tests: a migrated database on SQLite and on PostgreSQL (the
+store tests' fixtures), and a count of the statements sent to it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
 from infermesh.store import Database
-from tests.support.postgres import require_postgres, temporary_postgres_database
+from tests.store.conftest import database, database_url
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated database (a SQLite file, or a throwaway PostgreSQL one), disposed after."""
-    if request.param == "sqlite":
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'infermesh.db'}")
-        await db.migrate()
-        try:
-            yield db
-        finally:
-            await db.dispose()
-        return
-    require_postgres()
-    async with temporary_postgres_database() as url:
-        db = Database(url)
-        await db.migrate()
-        try:
-            yield db
-        finally:
-            await db.dispose()
+__all__ = ["database", "database_url", "statements"]
 
 
 @dataclass

@@ -14,14 +14,13 @@ from infermesh.billing.ledger import (
     CreditLedger,
     Earning,
     InsufficientCredits,
-    Settlement,
     SliceCharge,
     SliceRelease,
 )
 from infermesh.billing.slices import CreditSlices
-from infermesh.store import Database, Hold, LedgerEntry, UsageEntry
+from infermesh.store import Database, Hold, LedgerEntry
 from tests.billing.conftest import NewAccount
-from tests.billing.test_ledger import assert_consistent, grant
+from tests.billing.test_ledger import assert_consistent, grant, settlement
 from tests.support.clock import Clock
 
 TTL = timedelta(seconds=60)
@@ -29,15 +28,6 @@ TTL = timedelta(seconds=60)
 
 def slices_on(ledger: CreditLedger, **options: float) -> CreditSlices:
     return CreditSlices(ledger, ttl=TTL, **options)  # type: ignore[arg-type]
-
-
-def settlement(
-    hold_id: str, account_id: int, cost: int, earning: Earning | None = None
-) -> Settlement:
-    usage = UsageEntry(
-        id=hold_id, account_id=account_id, request_id=f"req-{hold_id}", model="m", status="ok"
-    )
-    return Settlement(hold_id, account_id, cost, earning, usage)
 
 
 async def kinds(database: Database, account_id: int) -> list[str]:
