@@ -7,6 +7,7 @@ PostgreSQL (``postgresql+asyncpg://…``) with the same code and the same migrat
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,9 +82,29 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (it stays so, in the file). Switching needs the
+    database to itself and SQLite may answer "locked" at once, without the busy
+    timeout, when another process opens a new database at the same moment: so it is
+    tried again for a while."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            mode = cursor.fetchone()
+            if mode is not None and str(mode[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3's OperationalError, or the driver's wrapper
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
