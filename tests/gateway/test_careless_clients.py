@@ -72,16 +72,12 @@ def ask(gateway: RunningGateway, key: str, *, timeout: float = 60) -> Any:
     )
 
 
-def chunk(job: JSON, content: str) -> JSON:
-    return job_chunk(job, content)
-
-
 def done(job: JSON) -> JSON:
     return job_done(job, prompt=3, completion=1)
 
 
 async def answer(worker: RawWorker, job: JSON, text: str = "ok") -> None:
-    await worker.send(chunk(job, text))
+    await worker.send(job_chunk(job, text))
     await worker.send(done(job))
 
 
