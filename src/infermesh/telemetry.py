@@ -143,6 +143,8 @@ def _bounded(value: Any) -> Any:
 
 
 def _logfmt_value(value: Any) -> str:
+    if isinstance(value, int | float):  # numbers (and booleans) are always bare
+        return str(value)
     text = str(value)
     if _BARE.match(text) and text.isprintable():
         return text

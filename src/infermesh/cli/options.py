@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -31,3 +34,20 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def make_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the CLI options that were given on top."""
     return Settings(**{name: value for name, value in overrides.items() if value is not None})
+
+
+T = TypeVar("T")
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """Run a long-lived service on uvloop where it is installed (uvicorn[standard] brings
+    it), else on asyncio's own loop."""
+    if installed("uvloop"):
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from infermesh.accounts.service import AccountService
 from infermesh.billing.ledger import CreditLedger
 from infermesh.billing.money import parse_usd
 from infermesh.catalog.store import CatalogFile
-from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, make_settings
+from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, installed, make_settings
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
 from infermesh.store.database import Database
@@ -127,14 +126,10 @@ def server_options() -> dict[str, Any]:
     WebSocket frames are not compressed: the workers' frames are small, and deflating
     each one costs more CPU than it saves."""
     return {
-        "loop": "uvloop" if _installed("uvloop") else "asyncio",
-        "http": "httptools" if _installed("httptools") else "h11",
+        "loop": "uvloop" if installed("uvloop") else "asyncio",
+        "http": "httptools" if installed("httptools") else "h11",
         "ws_per_message_deflate": False,
     }
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _print_welcome(settings: Settings, first_key: str | None, models: list[str]) -> None:

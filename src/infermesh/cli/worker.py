@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from infermesh.catalog.spec import BackendKind, ModelSpec
-from infermesh.cli.options import DataDir, make_settings
+from infermesh.cli.options import DataDir, make_settings, run_fast
 from infermesh.errors import ConfigError
 from infermesh.protocol.wire import Welcome
 from infermesh.telemetry import configure_logging
@@ -133,7 +133,7 @@ def worker(
         url=url, token=token, models={spec.id: concurrency for spec in specs}, name=name
     )
     agent = WorkerAgent(config, host, ConsoleObserver(console))
-    raise typer.Exit(asyncio.run(agent.run()))
+    raise typer.Exit(run_fast(agent.run()))
 
 
 def _specs(
@@ -167,6 +167,8 @@ class ConsoleObserver:
     def __init__(self, console: Console) -> None:
         self._console = console
         self._jobs_line_at = 0.0
+        self._counts = JobCounts()
+        self._line_due: asyncio.TimerHandle | None = None
 
     def _say(self, markup: str) -> None:
         self._console.print(markup, highlight=False)
@@ -193,10 +195,21 @@ class ConsoleObserver:
         self._say(f"[yellow]{escape(reason)}[/yellow]{retry}")
 
     def jobs_changed(self, counts: JobCounts) -> None:
-        now = time.monotonic()
-        if counts.in_flight and now - self._jobs_line_at < _JOBS_LINE_EVERY:
+        """A line at most every :data:`_JOBS_LINE_EVERY` seconds (a busy worker changes
+        hundreds of times a second); the last change is shown when that time is up."""
+        self._counts = counts
+        if self._line_due is not None:
             return
-        self._jobs_line_at = now
+        wait = self._jobs_line_at + _JOBS_LINE_EVERY - time.monotonic()
+        if wait <= 0:
+            self._jobs_line()
+        else:
+            self._line_due = asyncio.get_running_loop().call_later(wait, self._jobs_line)
+
+    def _jobs_line(self) -> None:
+        self._line_due = None
+        self._jobs_line_at = time.monotonic()
+        counts = self._counts
         self._say(
             f"jobs: {counts.in_flight} in flight, {counts.served} served, {counts.failed} failed"
         )

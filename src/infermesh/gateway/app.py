@@ -142,6 +142,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         log_json=settings.log_json,
+        shortcuts={("POST", chat.CHAT_PATH): chat.chat_endpoint},
     )
     return app
 

@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,17 +34,27 @@ class RequestContextMiddleware:
     - turns any unexpected exception into a 500 envelope, never a bare page;
     - writes one access-log line and the metrics when the response is over.
 
+    - hands the requests named in ``shortcuts`` (method and path) straight to their own
+      ASGI app, past the framework's routing (the chat completions route).
+
     Per request that is a few header scans, one record, the metrics (cached label
     children) and the access line, formatted only when the access logger logs INFO.
     """
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_json: bool
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        log_json: bool,
+        shortcuts: Mapping[tuple[str, str], ASGIApp] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.log_json = log_json
+        self.shortcuts = dict(shortcuts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,11 +79,14 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        shortcut = self.shortcuts.get((scope["method"], scope["path"]))
+        if shortcut is not None:
+            record.route = scope["path"]
         try:
             if _declared_length(scope) > self.max_body_bytes:
                 await render(self._too_large())(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._limited(receive), send_with_id)
+                await (shortcut or self.app)(scope, self._limited(receive), send_with_id)
         except Exception:
             logger.exception("unhandled error in request %s", record.request_id)
             if not response_started:
@@ -85,7 +99,8 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
         finally:
-            record.route = getattr(scope.get("route"), "path", "unmatched")
+            if shortcut is None:
+                record.route = getattr(scope.get("route"), "path", "unmatched")
             record.latency_ms = (time.perf_counter() - started) * 1000
             self.metrics.observe(record)
             if access_logger.isEnabledFor(logging.INFO):  # the line is built only if logged
