@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -178,7 +179,13 @@ def _code_escape(char: str) -> str:
 
 
 def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
-    """Send infermesh's logs to stderr, one line each."""
+    """Send infermesh's logs to stderr, one line each.
+
+    The process (a CLI command) then skips what logging would gather for each record
+    and no line prints (where the call was made, thread and process names): the
+    logging HOWTO's "Optimization" settings. A gateway logs a line per request."""
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     if as_json:
         handler.setFormatter(_JsonFormatter())
@@ -190,7 +197,24 @@ def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
     root.propagate = False
 
 
-class _TextFormatter(logging.Formatter):
+class _SecondsCached(logging.Formatter):
+    """``formatTime`` as the default makes it, with the date and time of the current
+    second formatted once rather than for every line."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class _TextFormatter(_SecondsCached):
     """One line a message: control characters in a message are escaped (a traceback
     after it keeps its lines)."""
 
@@ -199,7 +223,7 @@ class _TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-class _JsonFormatter(logging.Formatter):
+class _JsonFormatter(_SecondsCached):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.name == access_logger_name and message.startswith("{"):

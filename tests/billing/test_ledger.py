@@ -10,14 +10,12 @@ import pytest
 from infermesh.accounts import Principal
 from infermesh.billing.ledger import (
     MAX_GRANT,
-    BalanceRecord,
     CreditLedger,
     DuplicateReference,
-    Earning,
     InsufficientCredits,
-    Settlement,
 )
 from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.records import BalanceRecord, Earning, Settlement, UsageRow
 from infermesh.billing.service import BillingService, Outcome
 from infermesh.billing.tiers import TierExceeded, TierPolicy
 from infermesh.billing.usage import UsageLog
@@ -25,7 +23,7 @@ from infermesh.catalog.spec import ModelSpec
 from infermesh.errors import InvalidRequest, NotFound
 from infermesh.mesh.worker import Operator
 from infermesh.protocol.chat import ChatCompletionRequest, Usage
-from infermesh.store import Database, Hold, UsageEntry
+from infermesh.store import Database, Hold, UsageEntry, utcnow
 from tests.billing.conftest import NewAccount
 from tests.support.clock import Clock
 
@@ -36,9 +34,7 @@ T = TypeVar("T")
 def settlement(
     hold_id: str, account_id: int, cost: int, earning: Earning | None = None
 ) -> Settlement:
-    usage = UsageEntry(
-        id=hold_id, account_id=account_id, request_id=f"req-{hold_id}", model="m", status="ok"
-    )
+    usage = UsageRow(hold_id, account_id, f"req-{hold_id}", "m", "ok", utcnow())
     return Settlement(hold_id, account_id, cost, earning, usage)
 
 

@@ -25,17 +25,13 @@ import pytest
 from sqlalchemy import select
 
 from infermesh.accounts import AccountService
-from infermesh.billing.ledger import (
-    BalanceRecord,
-    CreditLedger,
-    InsufficientCredits,
-    Settlement,
-)
+from infermesh.billing.ledger import CreditLedger, InsufficientCredits
 from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.records import BalanceRecord, Settlement, UsageRow
 from infermesh.catalog.spec import ModelSpec, ServeSpec
 from infermesh.config import Settings
 from infermesh.protocol.chat import ChatCompletionRequest
-from infermesh.store import Database, LedgerEntry, UsageEntry
+from infermesh.store import Database, LedgerEntry, utcnow
 from tests.billing.conftest import NewAccount
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.support.gateway import RunningGateway, create_key, start_gateway
@@ -282,7 +278,7 @@ async def test_concurrent_holds_from_many_pools_never_exceed_the_balance(
 
 
 def _settlement(hold_id: str, account_id: int, cost: int) -> Settlement:
-    usage = UsageEntry(id=hold_id, account_id=account_id, request_id="q", model="m", status="ok")
+    usage = UsageRow(hold_id, account_id, "q", "m", "ok", utcnow())
     return Settlement(hold_id, account_id, cost, None, usage)
 
 

@@ -9,14 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from infermesh.billing.ledger import (
-    BalanceRecord,
-    CreditLedger,
-    Earning,
-    InsufficientCredits,
-    SliceCharge,
-    SliceRelease,
-)
+from infermesh.billing.ledger import CreditLedger, InsufficientCredits
+from infermesh.billing.records import BalanceRecord, Earning, SliceCharge, SliceRelease
 from infermesh.billing.slices import CreditSlices
 from infermesh.store import Database, Hold, LedgerEntry
 from tests.billing.conftest import NewAccount

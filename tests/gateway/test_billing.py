@@ -19,7 +19,8 @@ import pytest
 from openai import OpenAI
 
 from infermesh.accounts.service import AccountService
-from infermesh.billing.ledger import BalanceRecord, CreditLedger, EntryRecord
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.records import BalanceRecord, EntryRecord
 from infermesh.catalog.spec import ModelSpec
 from infermesh.config import Settings
 from infermesh.store.database import Database

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 from infermesh.accounts.records import AccountRecord
 from infermesh.accounts.service import AccountService
-from infermesh.billing.ledger import MAX_GRANT, BalanceRecord, CreditLedger, EntryRecord
+from infermesh.billing.ledger import MAX_GRANT, CreditLedger
 from infermesh.billing.money import MICRO_PER_USD, parse_usd
+from infermesh.billing.records import BalanceRecord, EntryRecord
 from infermesh.errors import InvalidRequest
 
 MAX_REASON_LENGTH = 500

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
@@ -20,6 +19,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infermesh.billing.money import format_usd
+from infermesh.billing.records import (
+    BalanceRecord,
+    BatchWritten,
+    EntryRecord,
+    Reserved,
+    Settled,
+    Settlement,
+    SliceCharge,
+    SliceRelease,
+)
 from infermesh.errors import InvalidRequest, NotFound, PaymentRequired
 from infermesh.store import Account, Balance, Database, Hold, LedgerEntry, UsageEntry, utcnow
 
@@ -39,108 +48,6 @@ class DuplicateReference(InvalidRequest):
     """A grant or deposit with this reference was already recorded for the account."""
 
     code = "duplicate_reference"
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceRecord:
-    """An account's money, in micro-USD: all of it, the part held, and the rest."""
-
-    account_id: int
-    balance: int
-    held: int
-
-    @property
-    def available(self) -> int:
-        return max(self.balance - self.held, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class EntryRecord:
-    """One ledger entry as it can be shown."""
-
-    id: int
-    kind: str
-    balance_change: int
-    held_change: int
-    balance_after: int
-    reference: str
-    reason: str | None
-    created_at: datetime
-
-
-BASIS_POINTS = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Earning:
-    """Who operates the worker that served a request, and their share of its charge."""
-
-    account_id: int
-    share_bps: int
-
-    def of(self, charged: int) -> int:
-        """The operator's part of ``charged`` (rounded down; the rest stays with the house)."""
-        return charged * self.share_bps // BASIS_POINTS
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """How a request ends for the ledger: its cost, the operator's share, its usage row."""
-
-    hold_id: str
-    account_id: int
-    cost: int
-    earning: Earning | None
-    usage: UsageEntry
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """What a settlement charged, and the account's balance after it."""
-
-    charged: int
-    balance: BalanceRecord
-    repeated: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Reserved:
-    """What a slice reservation took from the account, and the account after it."""
-
-    amount: int
-    exact: bool
-    """The account was short of money: only what was asked for was reserved."""
-    balance: BalanceRecord
-
-
-@dataclass(frozen=True, slots=True)
-class SliceCharge:
-    """One request settled against a slice (``slice_id`` None: a free request)."""
-
-    slice_id: str | None
-    settlement: Settlement
-
-
-@dataclass(frozen=True, slots=True)
-class SliceRelease:
-    """Money of a slice given back to the account: ``amount`` of it, or, if ``final``,
-    all it still holds (the slice then ends)."""
-
-    slice_id: str
-    account_id: int
-    reference: str
-    amount: int
-    final: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BatchWritten:
-    """What a batch wrote: the balances of the accounts it touched, after it, the
-    requests charged less than their cost, and the slices that had ended (expired)."""
-
-    balances: dict[int, BalanceRecord]
-    short: dict[str, int]
-    ended: set[str]
 
 
 class CreditLedger:
@@ -247,7 +154,7 @@ class CreditLedger:
             _append(session, operator, "earning", share, 0, settlement.hold_id, None, self._clock)
             settlement.usage.operator_earning = share
         settlement.usage.cost = charged
-        session.add(settlement.usage)
+        session.add(UsageEntry(**settlement.usage.as_row()))
         await session.flush()
         return Settled(charged, _record(rows[settlement.account_id]))
 
@@ -340,7 +247,7 @@ class CreditLedger:
                 charged = self._charge_slice(entries, rows, hold, settlement)
                 if charged < settlement.cost:
                     short[settlement.hold_id] = settlement.cost - charged
-                usages.append(_usage_row(settlement.usage))
+                usages.append(settlement.usage.as_row())
             for release in releases:
                 if (release.account_id, release.reference) not in released:
                     hold = holds.get(release.slice_id)
@@ -624,7 +531,3 @@ async def _released(
         LedgerEntry.reference.in_([release.reference for release in releases]),
     )
     return {(account, reference) for account, reference in await session.execute(query)}
-
-
-def _usage_row(usage: UsageEntry) -> dict[str, object]:
-    return {column.key: getattr(usage, column.key) for column in UsageEntry.__table__.columns}

@@ -8,23 +8,24 @@ from datetime import timedelta
 from typing import Literal
 
 from infermesh.accounts.records import Principal
-from infermesh.billing.ledger import (
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.money import CreditUnit, usd
+from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.records import (
     BASIS_POINTS,
     BalanceRecord,
-    CreditLedger,
     Earning,
     Settled,
     Settlement,
+    UsageRow,
 )
-from infermesh.billing.money import CreditUnit, usd
-from infermesh.billing.pricing import Pricing, token_bound
 from infermesh.billing.slices import CreditSlices
 from infermesh.billing.tiers import TierPolicy
 from infermesh.billing.usage import UsageLog
 from infermesh.catalog.spec import ModelSpec
 from infermesh.mesh.worker import Operator
 from infermesh.protocol.chat import ChatCompletionRequest, CompletionUsage, Usage
-from infermesh.store import UsageEntry, utcnow
+from infermesh.store import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class BillingService:
             account_id=charge.account_id,
             cost=cost,
             earning=earning,
-            usage=_usage_entry(charge, outcome, usage),
+            usage=_usage_row(charge, outcome, usage),
         )
         slices = self.slices
         if slices.settled(charge.id):
@@ -202,9 +203,9 @@ def billed_usage(usage: Usage, cost: int) -> CompletionUsage:
     )
 
 
-def _usage_entry(charge: Charge, outcome: Outcome, usage: Usage) -> UsageEntry:
+def _usage_row(charge: Charge, outcome: Outcome, usage: Usage) -> UsageRow:
     operator = outcome.operator
-    return UsageEntry(
+    return UsageRow(
         id=charge.id,
         account_id=charge.account_id,
         request_id=charge.request_id[:200],

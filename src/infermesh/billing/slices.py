@@ -41,14 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from infermesh.billing.ledger import (
-    BalanceRecord,
-    CreditLedger,
-    Settled,
-    Settlement,
-    SliceCharge,
-    SliceRelease,
-)
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.records import BalanceRecord, Settled, Settlement, SliceCharge, SliceRelease
 
 logger = logging.getLogger(__name__)
 

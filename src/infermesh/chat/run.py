@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from infermesh.accounts.records import Principal
-from infermesh.billing.ledger import Settled
+from infermesh.billing.records import Settled
 from infermesh.billing.service import BillingService, Charge, Outcome, OutcomeStatus
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec

@@ -19,8 +19,9 @@ from rich.text import Text
 
 from infermesh.accounts import AccountService
 from infermesh.billing.admin import CreditAdmin, Statement, parse_amount
-from infermesh.billing.ledger import CreditLedger, EntryRecord
+from infermesh.billing.ledger import CreditLedger
 from infermesh.billing.money import CreditUnit, format_usd, parse_usd
+from infermesh.billing.records import EntryRecord
 from infermesh.billing.tiers import ANY_TIER, TierPolicy
 from infermesh.billing.views import amount as amount_object
 from infermesh.cli.db import fail, run_with_database

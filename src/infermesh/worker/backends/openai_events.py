@@ -112,9 +112,7 @@ class StreamTranslator:
         self._content_chunks += 1
         if tool_calls is None:
             return GenerationChunk(content=content, progress=self._progress())
-        return GenerationChunk(
-            content=content, tool_calls=tool_calls, progress=self._progress()
-        )
+        return GenerationChunk(content=content, tool_calls=tool_calls, progress=self._progress())
 
     def _progress(self) -> Usage:
         """Tokens so far: the engine's own running usage if it sends one, else an estimate
