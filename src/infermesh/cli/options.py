@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import Coroutine
 from pathlib import Path
@@ -51,3 +52,12 @@ def run_fast(main: Coroutine[Any, Any, T]) -> T:
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the imported modules: over 100,000 of them) out of
+    the garbage collector's sight. A full collection of them took tens of milliseconds,
+    a pause that showed as the gateway's p99; what a service allocates later is still
+    collected."""
+    gc.collect()
+    gc.freeze()

@@ -16,7 +16,14 @@ from infermesh.accounts.service import AccountService
 from infermesh.billing.ledger import CreditLedger
 from infermesh.billing.money import parse_usd
 from infermesh.catalog.store import CatalogFile
-from infermesh.cli.options import ConfigFile, DatabaseUrl, DataDir, installed, make_settings
+from infermesh.cli.options import (
+    ConfigFile,
+    DatabaseUrl,
+    DataDir,
+    freeze_heap,
+    installed,
+    make_settings,
+)
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
 from infermesh.store.database import Database
@@ -110,6 +117,7 @@ def serve(
     from infermesh.gateway.app import create_app
 
     app = create_app(settings, secrets=dict(os.environ))
+    freeze_heap()
     uvicorn.run(
         app,
         host=settings.host,

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from infermesh.catalog.spec import BackendKind, ModelSpec
-from infermesh.cli.options import DataDir, make_settings, run_fast
+from infermesh.cli.options import DataDir, freeze_heap, make_settings, run_fast
 from infermesh.errors import ConfigError
 from infermesh.protocol.wire import Welcome
 from infermesh.telemetry import configure_logging
@@ -133,6 +133,7 @@ def worker(
         url=url, token=token, models={spec.id: concurrency for spec in specs}, name=name
     )
     agent = WorkerAgent(config, host, ConsoleObserver(console))
+    freeze_heap()
     raise typer.Exit(run_fast(agent.run()))
 
 
