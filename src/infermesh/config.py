@@ -109,6 +109,54 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="API keys a gateway caches at most (unknown keys too)"
     )
 
+    job_runners: int = Field(
+        default=16, ge=1, le=1024, description="async jobs one gateway runs at once"
+    )
+    job_poll_interval: float = Field(
+        default=0.5, gt=0, le=60, description="seconds between a gateway's looks at the queue"
+    )
+    job_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a gateway holds a job it runs without renewing the lease; a "
+        "job whose gateway died runs again after it",
+    )
+    job_retry_base: float = Field(
+        default=10.0, gt=0, description="seconds before a failed job's first retry"
+    )
+    job_retry_cap: float = Field(
+        default=300.0, gt=0, description="the longest wait between retries (base x 2^n)"
+    )
+    job_max_retries: int = Field(
+        default=50, ge=0, description="retries before a job goes to the dead letter"
+    )
+    job_concurrent: int = Field(
+        default=2, ge=1, description="jobs of one account processed at once"
+    )
+    job_max_queued: int = Field(
+        default=1000, ge=1, description="jobs one account may have waiting in the queue"
+    )
+    job_max_age: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="seconds a job may wait and retry in all; it then ends as expired "
+        "(its credits are held that long)",
+    )
+    job_retention: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="seconds a finished job's result is kept (its request is dropped when it ends)",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks reach loopback, private and link-local addresses "
+        "(off: a job's webhook URL cannot probe the gateway's own network)",
+    )
+    webhook_retry_base: float = Field(default=5.0, gt=0, description="first webhook retry (s)")
+    webhook_retry_cap: float = Field(
+        default=3600.0, gt=0, description="the longest wait between webhook retries (s)"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

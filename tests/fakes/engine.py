@@ -95,6 +95,7 @@ class ScriptedEngine:
         self.requests: list[JSON] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
+        self.events_sent = 0  # stream events written, over all requests
         self.app = Starlette(
             routes=[
                 Route("/v1/models", self._list_models, methods=["GET"]),
@@ -129,7 +130,12 @@ class ScriptedEngine:
             asked = bool((body.get("stream_options") or {}).get("include_usage"))
             include_usage = asked and self.report_usage
             events = _stream_events(reply, head, body, include_usage=include_usage)
-            return _EventStream(events, delay=self.chunk_delay, on_disconnect=self._note_gone)
+            return _EventStream(
+                events,
+                delay=self.chunk_delay,
+                on_disconnect=self._note_gone,
+                on_event=self._note_event,
+            )
         return JSONResponse(_completion(reply, head, body))
 
     def _check_auth(self, request: Request) -> Response | None:
@@ -156,6 +162,9 @@ class ScriptedEngine:
         self.disconnects += 1
         self.disconnected.set()
 
+    def _note_event(self) -> None:
+        self.events_sent += 1
+
 
 @contextmanager
 def run_engine(
@@ -180,11 +189,17 @@ class _EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, events: list[JSON], *, delay: float, on_disconnect: Callable[[], None]
+        self,
+        events: list[JSON],
+        *,
+        delay: float,
+        on_disconnect: Callable[[], None],
+        on_event: Callable[[], None] = lambda: None,
     ) -> None:
         self.events = events
         self.delay = delay
         self.on_disconnect = on_disconnect
+        self.on_event = on_event
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache"})
@@ -201,6 +216,7 @@ class _EventStream(Response):
                     return
                 body = f"data: {payload}\n\n".encode()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+                self.on_event()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()

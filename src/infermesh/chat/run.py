@@ -79,7 +79,13 @@ class RunResult:
 
 
 class ChatRun:
-    """One chat completion request; see the module docstring."""
+    """One chat completion request; see the module docstring.
+
+    A ``prepaid`` run (an async job's) was admitted and had its cost held when it was
+    enqueued: it is not admitted again, runs on that charge, and does not settle it;
+    its owner settles once the job ends for good (a job that fails may run again on
+    the same hold), from :attr:`outcome`.
+    """
 
     def __init__(
         self,
@@ -87,11 +93,15 @@ class ChatRun:
         request: ChatCompletionRequest,
         record: RequestRecord,
         principal: Principal,
+        *,
+        prepaid: Charge | None = None,
     ) -> None:
         self._context = context
         self.request = request
         self._record = record
         self._principal = principal
+        self._prepaid = prepaid
+        self.outcome: Outcome | None = None
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.started = time.perf_counter()
         self._ends_at = asyncio.get_running_loop().time() + context.deadlines.total
@@ -187,11 +197,14 @@ class ChatRun:
         record.model = spec.id
         record.stream = bool(request.stream)
         check_request(request, spec, max_image_bytes=context.max_image_bytes)
-        context.billing.tiers.check(self._principal.tier, spec.id, spec.tier)
-        self._admission = await self._admit()
-        self.charge = await context.billing.authorize(
-            self._principal, spec, request, charge_id=self.id, request_id=record.request_id
-        )
+        if self._prepaid is not None:
+            self.charge = self._prepaid
+        else:
+            context.billing.tiers.check(self._principal.tier, spec.id, spec.tier)
+            self._admission = await self._admit()
+            self.charge = await context.billing.authorize(
+                self._principal, spec, request, charge_id=self.id, request_id=record.request_id
+            )
         self._job = GenerationJob(id=self.id, model=spec.id, request=engine_request(request))
 
     async def _admit(self) -> Admission:
@@ -329,12 +342,16 @@ class ChatRun:
         generation = self.generation
         if generation is not None:
             await generation.aclose()
-        outcome = self._outcome(error)
-        settled = await self._bill(outcome)
+        outcome = self.outcome = self._outcome(error)
+        if self._prepaid is not None:  # its owner settles it
+            settled = None
+            cost = self._prepaid.cost(outcome.usage or NO_USAGE) if outcome.served else 0
+        else:
+            settled = await self._bill(outcome)
+            cost = settled.charged if settled is not None else 0
         tokens = _counted_tokens(outcome)
         if self._admission is not None:
             await self._admission.finish(tokens)
-        cost = settled.charged if settled is not None else 0
         self._record.cost_micro_usd = cost if self.charge is not None else None
         usage = outcome.usage or NO_USAGE
         node_id = generation.lease.worker.node_id if generation is not None else None

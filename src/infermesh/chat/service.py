@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from infermesh.accounts.records import Principal
-from infermesh.billing.service import BillingService, billed_usage
+from infermesh.billing.service import BillingService, Charge, billed_usage
 from infermesh.catalog.catalog import Catalog
 from infermesh.chat.counting import TokenCounters
 from infermesh.chat.generation import Deadlines
@@ -60,10 +60,20 @@ class ChatService:
         )
 
     def run(
-        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
+        self,
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        principal: Principal,
+        *,
+        prepaid: Charge | None = None,
     ) -> ChatRun:
-        """A run of ``request``, not opened yet."""
-        return ChatRun(self._context, request, record, principal)
+        """A run of ``request``, not opened yet (``prepaid``: see :class:`ChatRun`)."""
+        return ChatRun(self._context, request, record, principal, prepaid=prepaid)
+
+    @property
+    def context(self) -> RunContext:
+        """What the runs of this service share (the catalog, billing, limits)."""
+        return self._context
 
     async def complete(
         self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal

@@ -32,8 +32,18 @@ from infermesh.errors import ConfigError
 from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
-from infermesh.gateway.routes import admin, chat, credits, health, limits, models, workers
+from infermesh.gateway.routes import (
+    admin,
+    chat,
+    credits,
+    health,
+    limits,
+    models,
+    results,
+    workers,
+)
 from infermesh.gateway.state import Services
+from infermesh.jobs.setup import build_jobs
 from infermesh.limits.setup import build_limiter
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
@@ -66,26 +76,28 @@ def create_app(
         accounts = build_accounts(settings, database, cache_keys=True)
         billing = build_billing(settings, database)
         limiter = await build_limiter(settings, database, list(billing.tiers.tiers()))
+        chat_service = ChatService(
+            catalog,
+            registry,
+            billing,
+            max_image_bytes=settings.max_image_bytes,
+            max_attempts=settings.max_attempts,
+            limits=limiter,
+            counters=TokenCounters(models_dir=settings.models_dir),
+            deadlines=Deadlines(
+                first_token=settings.first_token_timeout,
+                between_chunks=settings.chunk_timeout,
+                total=settings.request_timeout,
+            ),
+        )
+        jobs, job_runner = build_jobs(settings, database, chat_service)
         app.state.services = Services(
             settings=settings,
             database=database,
             accounts=accounts,
             catalog=catalog,
             registry=registry,
-            chat=ChatService(
-                catalog,
-                registry,
-                billing,
-                max_image_bytes=settings.max_image_bytes,
-                max_attempts=settings.max_attempts,
-                limits=limiter,
-                counters=TokenCounters(models_dir=settings.models_dir),
-                deadlines=Deadlines(
-                    first_token=settings.first_token_timeout,
-                    between_chunks=settings.chunk_timeout,
-                    total=settings.request_timeout,
-                ),
-            ),
+            chat=chat_service,
             metrics=metrics,
             workers=WorkerTokenService(database),
             billing=billing,
@@ -94,17 +106,24 @@ def create_app(
             admin_attempts=AdminAttempts(
                 limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
             ),
+            jobs=jobs,
+            job_runner=job_runner,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
         settling = asyncio.create_task(billing.run())
         keeping_keys = asyncio.create_task(accounts.keep_keys_fresh())
+        running_jobs = asyncio.create_task(job_runner.run())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
+            running_jobs.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running_jobs
+            await job_runner.close()
             for task in (expiring, renewing, settling, keeping_keys):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +149,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(results.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(workers.router)

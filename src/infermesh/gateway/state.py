@@ -12,6 +12,8 @@ from infermesh.catalog.catalog import Catalog
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.gateway.admin_lockout import AdminAttempts
+from infermesh.jobs.runner import QueueRunner
+from infermesh.jobs.service import JobService
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.store.database import Database
@@ -34,3 +36,5 @@ class Services:
     credits: CreditAdmin
     limits: RateLimiter
     admin_attempts: AdminAttempts
+    jobs: JobService
+    job_runner: QueueRunner

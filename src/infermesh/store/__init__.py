@@ -6,18 +6,21 @@ from infermesh.store.database import Database, head_revision, normalize_url, tra
 from infermesh.store.tables import (
     Account,
     ApiKey,
+    AsyncJob,
     Balance,
     Base,
     Hold,
     LedgerEntry,
     RateLimitSetting,
     UsageEntry,
+    WebhookDelivery,
     utcnow,
 )
 
 __all__ = [
     "Account",
     "ApiKey",
+    "AsyncJob",
     "Balance",
     "Base",
     "Database",
@@ -25,6 +28,7 @@ __all__ = [
     "LedgerEntry",
     "RateLimitSetting",
     "UsageEntry",
+    "WebhookDelivery",
     "head_revision",
     "normalize_url",
     "transaction_lock",

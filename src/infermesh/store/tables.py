@@ -17,9 +17,11 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     false,
     func,
@@ -247,3 +249,74 @@ class RateLimitSetting(Base):
     updated_at: Mapped[datetime] = mapped_column(
         default=utcnow, server_default=func.current_timestamp()
     )
+
+
+class AsyncJob(Base):
+    """A chat request queued to run later; its result is kept until ``purge_at``.
+
+    ``request`` (the prompt) is kept only while the job may still run: it is set to
+    NULL in the transaction that gives the job a final status.
+    """
+
+    __tablename__ = "async_jobs"
+    __table_args__ = (
+        Index("ix_async_jobs_account_created", "account_id", "created_at", "id"),
+        Index("ix_async_jobs_account_status", "account_id", "status", "created_at", "id"),
+        Index("ix_async_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_async_jobs_status_deadline", "status", "deadline_at"),
+        Index("ix_async_jobs_status_completed", "status", "completed_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    request: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(500))
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    hold_id: Mapped[str | None] = mapped_column(String(100))
+    held: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    available_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    purge_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class WebhookDelivery(Base):
+    """One event of a job to POST to its webhook URL; ``id`` is the event's stable id.
+
+    Written in the transaction that ends the job; deleted with the job when it is
+    purged.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("async_jobs.id", ondelete="CASCADE"), index=True
+    )
+    account_id: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(2000))
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(String(16))
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

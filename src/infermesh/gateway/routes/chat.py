@@ -17,6 +17,7 @@ from infermesh.errors import InfermeshError
 from infermesh.gateway.deps import authenticate, get_record, get_services
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from, render
+from infermesh.gateway.routes.results import enqueue_job, prefers_async
 from infermesh.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from infermesh.protocol.chat import ChoiceDelta as Delta
 from infermesh.protocol.errors import ErrorBody, ErrorEnvelope
@@ -106,6 +107,8 @@ async def create_chat_completion(request: Request) -> Response:
     record = await get_record(request)
     principal = await authenticate(request, services, record)
     chat_request = parse_chat_request(await request.body())
+    if prefers_async(request.headers.getlist("prefer")):
+        return await enqueue_job(request, services, record, principal, chat_request)
     chat = services.chat
     if not chat_request.stream:
         completed = await unless_client_leaves(

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from infermesh import __version__
 from infermesh.gateway.deps import ServicesDep
+from infermesh.gateway.state import Services
 from infermesh.mesh.registry import WorkerRegistry
 
 router = APIRouter()
@@ -32,6 +33,20 @@ async def health(services: ServicesDep) -> dict[str, Any]:
         "version": __version__,
         "models": models,
         "workers": [_worker_health(registry, worker.node_id) for worker in registry.workers()],
+        "queue": await _queue_health(services),
+    }
+
+
+async def _queue_health(services: Services) -> dict[str, Any]:
+    """The async job queue (all gateways'): jobs by status, the wait of the oldest
+    queued one, recent throughput, webhook deliveries still to make."""
+    stats = await services.jobs.queue.stats()
+    return {
+        "jobs": stats.counts,
+        "oldest_queued_seconds": stats.oldest_queued_age,
+        "completed_last_minute": stats.completed_last_minute,
+        "webhook_deliveries_pending": stats.deliveries_pending,
+        "running_here": services.job_runner.running,
     }
 
 

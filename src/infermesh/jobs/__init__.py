@@ -1,0 +1,1 @@
+"""Asynchronous chat jobs: the durable queue they wait in, and their webhook events."""
