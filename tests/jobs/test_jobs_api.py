@@ -347,3 +347,18 @@ def test_the_queue_shows_on_health(gateway: RunningGateway) -> None:
     assert "oldest_queued_seconds" in queue
     assert "completed_last_minute" in queue
     assert "webhook_deliveries_pending" in queue
+
+
+def test_webhooks_to_the_gateways_own_network_are_refused(gateway: RunningGateway) -> None:
+    tenant = Tenant.create(gateway)
+    with tenant.http() as http:
+        assert http.post("/v1/webhooks/secret").status_code == 200
+    for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.0.0.1/x"):
+        response = tenant.enqueue("metered", headers={"x-infermesh-webhook-url": url, **ASYNC})
+        assert response.status_code == 400, url
+        assert response.json()["error"]["code"] == "webhook_target_forbidden"
+    bad = tenant.enqueue("metered", headers={"x-infermesh-webhook-url": "ftp://x", **ASYNC})
+    assert bad.json()["error"]["code"] == "invalid_webhook_url"
+    with tenant.http() as http:
+        assert http.get("/v1/results").json()["data"] == []
+    assert tenant.ledger() == (GRANT, 0)

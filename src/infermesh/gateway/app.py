@@ -40,6 +40,7 @@ from infermesh.gateway.routes import (
     limits,
     models,
     results,
+    webhooks,
     workers,
 )
 from infermesh.gateway.state import Services
@@ -90,7 +91,7 @@ def create_app(
                 total=settings.request_timeout,
             ),
         )
-        jobs, job_runner = build_jobs(settings, database, chat_service)
+        jobs = build_jobs(settings, database, chat_service)
         app.state.services = Services(
             settings=settings,
             database=database,
@@ -106,24 +107,27 @@ def create_app(
             admin_attempts=AdminAttempts(
                 limit=settings.admin_lockout_failures, window=settings.admin_lockout_window
             ),
-            jobs=jobs,
-            job_runner=job_runner,
+            jobs=jobs.service,
+            job_runner=jobs.runner,
+            webhook_secrets=jobs.secrets,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
         settling = asyncio.create_task(billing.run())
         keeping_keys = asyncio.create_task(accounts.keep_keys_fresh())
-        running_jobs = asyncio.create_task(job_runner.run())
+        running_jobs = asyncio.create_task(jobs.runner.run())
+        sending_webhooks = asyncio.create_task(jobs.sender.run())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
-            running_jobs.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running_jobs
-            await job_runner.close()
+            for task in (running_jobs, sending_webhooks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await jobs.runner.close()
             for task in (expiring, renewing, settling, keeping_keys):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -150,6 +154,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(results.router)
+    app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(workers.router)

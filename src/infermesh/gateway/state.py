@@ -14,6 +14,7 @@ from infermesh.config import Settings
 from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.jobs.runner import QueueRunner
 from infermesh.jobs.service import JobService
+from infermesh.jobs.webhook_secrets import WebhookSecrets
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.store.database import Database
@@ -38,3 +39,4 @@ class Services:
     admin_attempts: AdminAttempts
     jobs: JobService
     job_runner: QueueRunner
+    webhook_secrets: WebhookSecrets

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,12 +77,14 @@ class QueueRunner:
         *,
         owner: str,
         rng: random.Random | None = None,
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self._queue = queue
         self._chat = chat
         self._options = options
         self.owner = owner
         self._rng = rng or random.Random()
+        self._on_end = on_end
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, ChatRun] = {}
         self._why_stopped: dict[str, str] = {}
@@ -150,6 +153,7 @@ class QueueRunner:
     def _ended(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
         self._runs.pop(job_id, None)
+        self._on_end()
         self._why_stopped.pop(job_id, None)
         self._wake.set()
 

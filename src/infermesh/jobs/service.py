@@ -24,6 +24,8 @@ from infermesh.chat.validation import check_request
 from infermesh.errors import InfermeshError, InvalidRequest, NotFound
 from infermesh.jobs.queue import JobQueue
 from infermesh.jobs.records import ClaimedJob, JobRecord
+from infermesh.jobs.webhook_secrets import WebhookSecrets
+from infermesh.jobs.webhooks import check_target
 from infermesh.limits.service import Admission
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.store import utcnow
@@ -56,6 +58,7 @@ class JobOptions:
     lease: timedelta
     max_queued: int
     retention: timedelta
+    allow_private_webhooks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +78,14 @@ class JobService:
         queue: JobQueue,
         runs: RunContext,
         options: JobOptions,
+        secrets: WebhookSecrets,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._queue = queue
         self._runs = runs
         self._options = options
+        self._secrets = secrets
         self._clock = clock
 
     @property
@@ -105,6 +110,8 @@ class JobService:
                 param="stream",
                 code="stream_not_queueable",
             )
+        if webhook_url is not None:
+            await self._check_webhook(principal.account_id, webhook_url)
         runs = self._runs
         spec = runs.catalog.get(request.model)
         record.model = spec.id
@@ -165,6 +172,17 @@ class JobService:
             job = outcome.job
             await release(self._runs, charge_of(job), "cancelled")
         return await self.get(account_id, job_id)
+
+    async def _check_webhook(self, account_id: int, url: str) -> None:
+        """A webhook needs the account's secret to be signed with, and a target outside
+        the gateway's own network (checked again when it is called: DNS can change)."""
+        if await self._secrets.get(account_id) is None:
+            raise InvalidRequest(
+                "This account has no webhook secret yet: create one with "
+                "POST /v1/webhooks/secret (it is shown once), then send the webhook URL.",
+                code="webhook_secret_missing",
+            )
+        await check_target(url, allow_private=self._options.allow_private_webhooks)
 
     async def _admit(
         self, principal: Principal, request: ChatCompletionRequest, record: RequestRecord

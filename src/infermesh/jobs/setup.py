@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
+from infermesh.jobs.deliveries import SenderOptions, WebhookSender
 from infermesh.jobs.queue import JobQueue
 from infermesh.jobs.runner import QueueRunner, RunnerOptions
 from infermesh.jobs.service import JobOptions, JobService
+from infermesh.jobs.webhook_secrets import WebhookSecrets
 from infermesh.store.database import Database
 
 
-def build_jobs(
-    settings: Settings, database: Database, chat: ChatService
-) -> tuple[JobService, QueueRunner]:
-    """The job service (enqueue, look up, cancel) and this gateway's queue runner."""
-    queue = JobQueue(database)
+@dataclass(frozen=True, slots=True)
+class JobParts:
+    """What a gateway runs async jobs with."""
+
+    service: JobService
+    runner: QueueRunner
+    sender: WebhookSender
+    secrets: WebhookSecrets
+
+
+def build_jobs(settings: Settings, database: Database, chat: ChatService) -> JobParts:
+    """The job service (enqueue, look up, cancel), this gateway's queue runner and its
+    webhook sender."""
+    owner = f"gw_{secrets.token_hex(8)}"
     lease = timedelta(seconds=settings.job_lease)
     retention = timedelta(seconds=settings.job_retention)
+    queue = JobQueue(database, retention=retention)
+    webhook_secrets = WebhookSecrets(database)
     service = JobService(
         queue,
         chat.context,
@@ -28,7 +42,20 @@ def build_jobs(
             lease=lease,
             max_queued=settings.job_max_queued,
             retention=retention,
+            allow_private_webhooks=settings.webhook_allow_private,
         ),
+        webhook_secrets,
+    )
+    sender = WebhookSender(
+        queue,
+        webhook_secrets,
+        SenderOptions(
+            allow_private=settings.webhook_allow_private,
+            retry_base=settings.webhook_retry_base,
+            retry_cap=max(settings.webhook_retry_cap, settings.webhook_retry_base),
+            poll_interval=max(settings.job_poll_interval, 0.05),
+        ),
+        owner=owner,
     )
     runner = QueueRunner(
         queue,
@@ -43,6 +70,7 @@ def build_jobs(
             concurrent=settings.job_concurrent,
             retention=retention,
         ),
-        owner=f"gw_{secrets.token_hex(8)}",
+        owner=owner,
+        on_end=sender.nudge,
     )
-    return service, runner
+    return JobParts(service, runner, sender, webhook_secrets)

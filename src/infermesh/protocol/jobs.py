@@ -46,3 +46,13 @@ class JobList(WireModel):
     data: list[ChatCompletionJob]
     has_more: bool
     last_id: str | None = None
+
+
+class WebhookSecretObject(WireModel):
+    """The account's webhook signing secret: ``secret`` (``whsec_…``) only in the answer
+    that made it."""
+
+    object: Literal["webhook_secret"] = "webhook_secret"
+    exists: bool
+    created: int | None = None
+    secret: str | None = None

@@ -14,6 +14,7 @@ from infermesh.store.tables import (
     RateLimitSetting,
     UsageEntry,
     WebhookDelivery,
+    WebhookSecret,
     utcnow,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimitSetting",
     "UsageEntry",
     "WebhookDelivery",
+    "WebhookSecret",
     "head_revision",
     "normalize_url",
     "transaction_lock",

@@ -320,3 +320,16 @@ class WebhookDelivery(Base):
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+class WebhookSecret(Base):
+    """An account's webhook signing secret (``whsec_…``): the HMAC key of its events,
+    kept as it is because signing needs it; shown to the account once, when made."""
+
+    __tablename__ = "webhook_secrets"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

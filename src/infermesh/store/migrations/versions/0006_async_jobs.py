@@ -3,6 +3,7 @@
 ``async_jobs`` is the durable queue: a job is claimed by one gateway under a lease,
 and its prompt is kept only until it ends. ``webhook_deliveries`` holds the events to
 POST, written in the transaction that ends the job, and goes with it when purged.
+``webhook_secrets`` holds each account's signing secret (shown to its owner once).
 
 Revision ID: 0006_async_jobs
 Revises: 0005_worker_scope
@@ -107,13 +108,31 @@ def _create_webhook_deliveries() -> None:
     )
 
 
+def _create_webhook_secrets() -> None:
+    op.create_table(
+        "webhook_secrets",
+        sa.Column("account_id", sa.Integer(), nullable=False),
+        sa.Column("secret", sa.String(100), nullable=False),
+        _time("created_at", nullable=False),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_webhook_secrets")),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["accounts.id"],
+            name=op.f("fk_webhook_secrets_account_id_accounts"),
+            ondelete="CASCADE",
+        ),
+    )
+
+
 def upgrade() -> None:
-    """Create ``async_jobs`` and ``webhook_deliveries``."""
+    """Create ``async_jobs``, ``webhook_deliveries`` and ``webhook_secrets``."""
     _create_async_jobs()
     _create_webhook_deliveries()
+    _create_webhook_secrets()
 
 
 def downgrade() -> None:
-    """Drop ``webhook_deliveries`` and ``async_jobs``."""
+    """Drop ``webhook_secrets``, ``webhook_deliveries`` and ``async_jobs``."""
+    op.drop_table("webhook_secrets")
     op.drop_table("webhook_deliveries")
     op.drop_table("async_jobs")
