@@ -17,7 +17,7 @@ from infermesh.billing.ledger import CreditLedger
 from infermesh.store.database import Database
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.gateway.test_billing import PER_TOKEN, SECRETS, priced, token_cost
-from tests.support.gateway import RunningGateway, create_key, start_gateway
+from tests.support.gateway import RunningGateway, create_key, start_gateway_on
 from tests.support.waiting import wait_until
 
 GRANT = 5_000_000
@@ -38,8 +38,15 @@ def quick_engine() -> Iterator[ScriptedEngine]:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
+    ],
+)
 def gateway(
+    request: pytest.FixtureRequest,
     quick_engine: ScriptedEngine,
     slow_engine: ScriptedEngine,
     tmp_path_factory: pytest.TempPathFactory,
@@ -50,7 +57,8 @@ def gateway(
         priced("slow", PER_TOKEN, slow_engine.base_url),
         priced("unserved", PER_TOKEN, None),
     ]
-    with start_gateway(
+    with start_gateway_on(
+        request.param,
         tmp_path_factory.mktemp("jobs"),
         specs=specs,
         secrets=SECRETS,

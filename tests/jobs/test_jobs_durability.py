@@ -283,23 +283,28 @@ def test_jobs_of_a_killed_gateway_complete_once_and_are_charged_once(tmp_path: P
         account_id = database.account_id("survivor")
         texts = [f"crash job {index} " + " ".join(["word"] * 8) for index in range(CRASH_JOBS)]
 
-        with serve_gateway(data_dir, catalog, CRASH_ENV) as first, httpx.Client(
-            base_url=first.base_url, timeout=60
-        ) as http:
+        with (
+            serve_gateway(data_dir, catalog, CRASH_ENV) as first,
+            httpx.Client(base_url=first.base_url, timeout=60) as http,
+        ):
             prompts = {enqueue(http, key, text): text for text in texts}
 
-            def some_mid_run_and_some_waiting() -> bool:
+            def some_done_some_mid_run_some_waiting() -> bool:
                 statuses = database.statuses()
-                return statuses["queued"] > 0 and any(
-                    prompts_sent(engine)[prompts[job_id]]
-                    for job_id, job in database.books([]).jobs.items()
-                    if job.status == "processing"
+                return (
+                    statuses["complete"] > 0
+                    and statuses["queued"] > 0
+                    and any(
+                        prompts_sent(engine)[prompts[job_id]]
+                        for job_id, job in database.books([]).jobs.items()
+                        if job.status == "processing"
+                    )
                 )
 
             wait_until(
-                some_mid_run_and_some_waiting,
+                some_done_some_mid_run_some_waiting,
                 timeout=60,
-                what="some jobs are running on the engine and some still wait",
+                what="some jobs are done, some running on the engine and some waiting",
             )
             first.kill()
         assert first.process.process.returncode == -9
@@ -309,8 +314,8 @@ def test_jobs_of_a_killed_gateway_complete_once_and_are_charged_once(tmp_path: P
         running = {job_id for job_id, job in at_kill.jobs.items() if job.status == "processing"}
         mid_run = {job_id for job_id in running if sent_at_kill[prompts[job_id]]}
         waiting = {job_id for job_id, job in at_kill.jobs.items() if job.status == "queued"}
-        assert mid_run and waiting, at_kill.jobs
-        print('DEBUG running', len(running), 'mid_run', len(mid_run), 'waiting', len(waiting), 'done', sum(j.status=='complete' for j in at_kill.jobs.values()), 'held', at_kill.balances[account_id])
+        done = {job_id for job_id, job in at_kill.jobs.items() if job.status == "complete"}
+        assert mid_run and waiting and done, at_kill.jobs
         assert at_kill.balances[account_id].held > 0  # the unfinished jobs' holds
 
         with serve_gateway(data_dir, catalog, CRASH_ENV) as second:
@@ -332,7 +337,6 @@ def test_jobs_of_a_killed_gateway_complete_once_and_are_charged_once(tmp_path: P
             0,
         )
         sent = prompts_sent(engine)
-        print('DEBUG retries', Counter(j.retries for j in books.jobs.values()), 'sent', Counter(sent.values()), 'events', engine.events_sent)
         for job_id, prompt in prompts.items():
             assert sent[prompt] >= 1, prompt
             if job_id in mid_run:  # killed on the engine, run again after the restart
@@ -397,11 +401,7 @@ def test_two_gateways_on_postgres_run_every_job_exactly_once(tmp_path: Path) -> 
             env = {**SCALE_ENV, "INFERMESH_DATABASE_URL": database_url}
             gateways.append(stack.enter_context(serve_gateway(tmp_path / side, catalog, env)))
 
-        batches = [
-            (gateway.base_url, key, [])
-            for gateway in gateways
-            for key in keys
-        ]
+        batches = [(gateway.base_url, key, []) for gateway in gateways for key in keys]
         for index in range(SCALE_JOBS):
             batches[index % len(batches)][2].append(f"scale job {index} to run once")
         with ThreadPoolExecutor(max_workers=len(batches)) as pool:
@@ -421,7 +421,6 @@ def test_two_gateways_on_postgres_run_every_job_exactly_once(tmp_path: Path) -> 
         by_gateway = Counter(body["model"] for body in list(engine.requests))
         assert set(by_gateway) == {"scripted-a", "scripted-b"}, by_gateway  # both ran jobs
         assert sum(by_gateway.values()) == SCALE_JOBS
-        print('DEBUG by_gateway', by_gateway, Counter(j.retries for j in books.jobs.values()))
         assert_ledger_exact(books, dict.fromkeys(account_ids, GRANT))
         per_account = Counter(job.account_id for job in books.jobs.values())
         assert per_account == dict.fromkeys(account_ids, SCALE_JOBS // SCALE_ACCOUNTS)

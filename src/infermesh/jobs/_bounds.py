@@ -23,8 +23,8 @@ def clamp(value: int, maximum: int) -> int:
 
 
 def cut(text: str | None, size: int) -> str | None:
-    """``text`` cut to ``size`` characters."""
-    return None if text is None else text[:size]
+    """``text`` cut to ``size`` characters, without NUL (PostgreSQL's text refuses it)."""
+    return None if text is None else text.replace("\x00", "")[:size]
 
 
 def check_param(param: str, value: str | None, size: int) -> None:

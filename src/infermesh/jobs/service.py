@@ -11,6 +11,7 @@ it once, when it ends for good.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from infermesh.telemetry import RequestRecord
 logger = logging.getLogger(__name__)
 
 MAX_DEADLINE_SECONDS = 7 * 86_400
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+"""What a job id can look like (others are not looked up: no job has them)."""
 
 
 class JobNotFound(NotFound):
@@ -148,7 +151,7 @@ class JobService:
         return Enqueued(job, amount, available)
 
     async def get(self, account_id: int, job_id: str) -> JobRecord:
-        job = await self._queue.get(account_id, job_id)
+        job = await self._queue.get(account_id, job_id) if _JOB_ID.match(job_id) else None
         if job is None:
             raise JobNotFound(f"No job with id '{job_id[:100]}' was found.")
         return job
@@ -156,11 +159,15 @@ class JobService:
     async def list(
         self, account_id: int, *, status: str | None, limit: int, after: str | None
     ) -> list[JobRecord]:
+        if after is not None and not _JOB_ID.match(after):
+            raise JobNotFound(f"No job with id '{after[:100]}' was found (after).")
         return await self._queue.list(account_id, status=status, limit=limit, after=after)
 
     async def cancel(self, account_id: int, job_id: str) -> JobRecord:
         """Cancel a queued job at once (its hold is released) or ask the gateway that
         runs a processing one to stop it; a finished job answers 409."""
+        if not _JOB_ID.match(job_id):
+            raise JobNotFound(f"No job with id '{job_id[:100]}' was found.")
         outcome = await self._queue.cancel(account_id, job_id)
         if outcome.status == "not_found":
             raise JobNotFound(f"No job with id '{job_id[:100]}' was found.")
