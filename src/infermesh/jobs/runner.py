@@ -133,6 +133,14 @@ class QueueRunner:
             self._purged_at = loop.time()
             await self._queue.purge()
 
+    def stop(self, job_id: str) -> None:
+        """Stop ``job_id`` now if it runs here (its cancel was asked for on this gateway;
+        other gateways learn of it when they renew their leases)."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._why_stopped[job_id] = "stopped"
+            task.cancel()
+
     async def close(self) -> None:
         """Stop the jobs running here; their leases lapse and another pass (here after
         a restart, or another gateway's) runs them again."""

@@ -113,4 +113,6 @@ async def cancel_result(
     soon as its gateway hears of it (the tokens generated so far are charged, as for a
     client that hangs up). A job that has ended answers 409."""
     job = await services.jobs.cancel(principal.account_id, job_id)
+    if job.status == "processing":
+        services.job_runner.stop(job.id)  # if it runs on this gateway
     return job_object(job, with_result=False)
