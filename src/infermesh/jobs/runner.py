@@ -128,7 +128,8 @@ class QueueRunner:
                 max_processing_per_account=self._options.concurrent,
             )
             for claimed_job in claimed:
-                self._start(claimed_job)
+                if claimed_job.id not in self._tasks:  # else: its lease had lapsed here
+                    self._start(claimed_job)
         if loop.time() - self._purged_at >= PURGE_EVERY:
             self._purged_at = loop.time()
             await self._queue.purge()
