@@ -42,6 +42,9 @@ _PACKAGES = (
 )
 
 
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
 def parse(text: str) -> list[tuple[list[str], int]]:
     """``[(frames from the outermost, samples), ...]`` (the thread frame dropped)."""
     stacks = []
@@ -49,7 +52,11 @@ def parse(text: str) -> list[tuple[list[str], int]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [frame for frame in stack.split(";") if not frame.startswith("process ")]
+        frames = [
+            _LINE_NUMBER.sub(")", frame)  # py-spy writes "(file:line)" for some processes
+            for frame in stack.split(";")
+            if not frame.startswith("process ")
+        ]
         if frames and frames[0].startswith("thread "):
             frames = frames[1:]
         stacks.append((frames, int(count)))
