@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     job_concurrent: int = Field(
         default=2, ge=1, description="jobs of one account processed at once"
     )
+    job_concurrent_tiers: dict[str, int] | None = Field(
+        default=None,
+        description='jobs processing at once per account, by tier (JSON, e.g. {"pro": 8}); '
+        "tiers not named get job_concurrent",
+    )
     job_max_queued: int = Field(
         default=1000, ge=1, description="jobs one account may have waiting in the queue"
     )
@@ -156,12 +161,43 @@ class Settings(BaseSettings):
     webhook_retry_cap: float = Field(
         default=3600.0, gt=0, description="the longest wait between webhook retries (s)"
     )
+    wallet_domain: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="the domain a wallet sign-in message (EIP-4361) must name; default "
+        "'<host>:<port>' of this gateway: behind a proxy set it to the public host",
+    )
+    wallet_chain_ids: list[int] = Field(
+        default=[8453, 84532],
+        min_length=1,
+        description="chain ids a wallet sign-in message may name (Base, Base Sepolia)",
+    )
+    wallet_nonce_ttl: float = Field(
+        default=300.0, gt=0, description="seconds a wallet sign-in nonce can be used"
+    )
+    wallet_tier: str = Field(
+        default="free",
+        min_length=1,
+        max_length=32,
+        description="tier of the accounts that a first wallet sign-in creates",
+    )
+    wallet_max_nonces: int = Field(
+        default=10_000,
+        ge=1,
+        description="unused, unexpired wallet sign-in nonces at most (more is a 429)",
+    )
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'infermesh.db').resolve()}"
+
+    @property
+    def resolved_wallet_domain(self) -> str:
+        """The domain wallet sign-in messages must name."""
+        return self.wallet_domain or f"{self.host}:{self.port}"
 
     @property
     def catalog_path(self) -> Path:

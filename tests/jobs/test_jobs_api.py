@@ -69,6 +69,8 @@ def gateway(
         job_retry_cap=0.1,
         job_max_retries=3,
         job_lease=2.0,
+        job_concurrent=2,
+        job_concurrent_tiers={"pro": 3},  # the tenants here are "pro"
     ) as running:
         yield running
 
@@ -240,10 +242,10 @@ def test_retryable_failures_retry_then_go_to_the_dead_letter(gateway: RunningGat
 
 
 def occupy(tenant: Tenant) -> list[str]:
-    """Two slow jobs running for ``tenant``: its share of the runners (two at once)
-    is full, so its next job stays queued."""
+    """Three slow jobs running for ``tenant``: its tier's share of the runners (three at
+    once, not the default two) is full, so its next job stays queued."""
     words = " ".join(f"w{i}" for i in range(60))
-    busy = [tenant.enqueue("slow", words).json()["id"] for _ in range(2)]
+    busy = [tenant.enqueue("slow", words).json()["id"] for _ in range(3)]
     for job_id in busy:
         tenant.wait(job_id, {"processing"})
     return busy

@@ -1,9 +1,13 @@
-"""Building the account service a process's settings describe."""
+"""Building the account services (accounts and keys, wallet sign-in) a process's settings
+describe."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from infermesh.accounts.key_cache import KeyCache
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.wallets import WalletOptions, WalletSignIn
 from infermesh.config import Settings
 from infermesh.store.database import Database
 
@@ -27,3 +31,15 @@ def build_accounts(settings: Settings, database: Database, *, cache_keys: bool) 
         settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
     )
     return AccountService(database, key_cache=cache, channel=channel)
+
+
+def build_wallets(settings: Settings, database: Database, accounts: AccountService) -> WalletSignIn:
+    """Wallet sign-in as ``settings`` configure it (``INFERMESH_WALLET_*``)."""
+    options = WalletOptions(
+        domain=settings.resolved_wallet_domain,
+        chain_ids=tuple(settings.wallet_chain_ids),
+        nonce_ttl=timedelta(seconds=settings.wallet_nonce_ttl),
+        max_nonces=settings.wallet_max_nonces,
+        tier=settings.wallet_tier,
+    )
+    return WalletSignIn(database, accounts, options)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from infermesh import __version__
-from infermesh.accounts.setup import build_accounts
+from infermesh.accounts.setup import build_accounts, build_wallets
 from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
 from infermesh.billing.ledger import CreditLedger
@@ -40,6 +40,7 @@ from infermesh.gateway.routes import (
     limits,
     models,
     results,
+    wallet,
     webhooks,
     workers,
 )
@@ -110,6 +111,7 @@ def create_app(
             jobs=jobs.service,
             job_runner=jobs.runner,
             webhook_secrets=jobs.secrets,
+            wallets=build_wallets(settings, database, accounts),
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
@@ -159,6 +161,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(credits.router)
+    app.include_router(wallet.router)
     app.include_router(admin.router)
     app.include_router(limits.router)
     app.include_router(limits.admin_router)

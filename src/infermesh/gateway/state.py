@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.wallets import WalletSignIn
 from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
 from infermesh.billing.service import BillingService
@@ -40,3 +41,4 @@ class Services:
     jobs: JobService
     job_runner: QueueRunner
     webhook_secrets: WebhookSecrets
+    wallets: WalletSignIn

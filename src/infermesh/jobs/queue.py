@@ -47,7 +47,7 @@ from infermesh.jobs.records import (
     JobStatus,
     QueueStats,
 )
-from infermesh.store import AsyncJob, Database, transaction_lock, utcnow
+from infermesh.store import Account, AsyncJob, Database, transaction_lock, utcnow
 
 MAX_LIST = 100
 MAX_CLAIM = 100
@@ -382,6 +382,19 @@ class JobQueue:
         )
         async with self._db.session() as session, session.begin():
             return len((await session.scalars(statement)).all())
+
+    async def waiting_tiers(self) -> dict[int, str]:
+        """The tier of each account with a job queued (for per-tier limits at a claim)."""
+        statement = (
+            select(AsyncJob.account_id, Account.tier)
+            .join(Account, Account.id == AsyncJob.account_id)
+            .where(AsyncJob.status == "queued")
+            .distinct()
+            .limit(10_000)
+        )
+        async with self._db.session(read_only=True) as session:
+            rows = await session.execute(statement)
+        return {int(account): str(tier) for account, tier in rows}
 
     async def stats(self) -> QueueStats:
         """Jobs by status, the age of the oldest queued one, recent completions and the

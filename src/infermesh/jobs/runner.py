@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from infermesh.accounts.records import Principal
@@ -53,6 +53,7 @@ class RunnerOptions:
     max_retries: int
     concurrent: int
     retention: timedelta
+    concurrent_by_tier: Mapping[str, int] = field(default_factory=dict)
 
 
 def retry_delay(retries: int, *, base: float, cap: float, rng: random.Random) -> float:
@@ -125,7 +126,7 @@ class QueueRunner:
                 self.owner,
                 limit=room,
                 lease=self._options.lease,
-                max_processing_per_account=self._options.concurrent,
+                max_processing_per_account=await self._per_account_limit(),
             )
             for claimed_job in claimed:
                 if claimed_job.id not in self._tasks:  # else: its lease had lapsed here
@@ -141,6 +142,15 @@ class QueueRunner:
         if task is not None:
             self._why_stopped[job_id] = "stopped"
             task.cancel()
+
+    async def _per_account_limit(self) -> int | Callable[[int], int]:
+        """Jobs one account may have processing at once: by its tier where the settings
+        name one, else the default."""
+        by_tier, default = self._options.concurrent_by_tier, self._options.concurrent
+        if not by_tier:
+            return default
+        tiers = await self._queue.waiting_tiers()
+        return lambda account: by_tier.get(tiers.get(account, ""), default)
 
     async def close(self) -> None:
         """Stop the jobs running here; their leases lapse and another pass (here after

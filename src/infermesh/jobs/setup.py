@@ -69,6 +69,7 @@ def build_jobs(settings: Settings, database: Database, chat: ChatService) -> Job
             max_retries=settings.job_max_retries,
             concurrent=settings.job_concurrent,
             retention=retention,
+            concurrent_by_tier=settings.job_concurrent_tiers or {},
         ),
         owner=owner,
         on_end=sender.nudge,

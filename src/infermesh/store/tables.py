@@ -333,3 +333,31 @@ class WebhookSecret(Base):
     )
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WalletNonce(Base):
+    """A nonce handed out for a wallet sign-in (EIP-4361): usable once, until it expires.
+
+    ``used_at`` is set by the one sign-in that consumes it; expired rows are deleted as
+    new nonces are made.
+    """
+
+    __tablename__ = "wallet_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class Wallet(Base):
+    """A wallet address (``0x`` and 40 lowercase hex digits) bound to the account that
+    its first sign-in created; one wallet per account."""
+
+    __tablename__ = "wallets"
+
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
