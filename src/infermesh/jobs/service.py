@@ -62,6 +62,7 @@ class JobOptions:
     max_queued: int
     retention: timedelta
     allow_private_webhooks: bool = False
+    longest_run: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +202,19 @@ class JobService:
         record.response_headers.update(admission.headers)
         return admission
 
-    def _deadline_at(self, deadline: float | None) -> datetime | None:
-        return None if deadline is None else self._clock() + timedelta(seconds=deadline)
+    def _life(self, deadline: float | None) -> timedelta:
+        """How long the job may wait (and wait again between retries): its own
+        deadline, never more than the gateway's ``max_age``."""
+        life = self._options.max_age
+        return life if deadline is None else min(life, timedelta(seconds=deadline))
+
+    def _deadline_at(self, deadline: float | None) -> datetime:
+        return self._clock() + self._life(deadline)
 
     def _hold_ttl(self, deadline: float | None) -> timedelta:
-        """A job's credits stay held as long as it may live, and a lease longer."""
-        life = self._options.max_age
-        if deadline is not None:
-            life = min(life, timedelta(seconds=deadline))
-        return life + 2 * self._options.lease + timedelta(minutes=5)
+        """A job's credits stay held as long as it may wait, then run (a request's
+        longest run), with two leases to spare for a gateway that died meanwhile."""
+        return self._life(deadline) + self._options.longest_run + 2 * self._options.lease
 
 
 def job_charge(

@@ -43,6 +43,7 @@ def build_jobs(settings: Settings, database: Database, chat: ChatService) -> Job
             max_queued=settings.job_max_queued,
             retention=retention,
             allow_private_webhooks=settings.webhook_allow_private,
+            longest_run=timedelta(seconds=settings.request_timeout),
         ),
         webhook_secrets,
     )
