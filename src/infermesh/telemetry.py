@@ -178,6 +178,10 @@ def _code_escape(char: str) -> str:
     return f"\\U{code:08x}"
 
 
+_SQL_ECHOING_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "asyncpg")
+"""Libraries that log statements with their parameters (an async job's request is one)."""
+
+
 def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
     """Send infermesh's logs to stderr, one line each.
 
@@ -191,6 +195,8 @@ def configure_logging(*, level: str = "info", as_json: bool = False) -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for chatty in _SQL_ECHOING_LOGGERS:  # their DEBUG lines hold SQL parameters
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     root = logging.getLogger("infermesh")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

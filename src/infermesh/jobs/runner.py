@@ -131,7 +131,7 @@ class QueueRunner:
             for claimed_job in claimed:
                 if claimed_job.id not in self._tasks:  # else: its lease had lapsed here
                     self._start(claimed_job)
-        if loop.time() - self._purged_at >= PURGE_EVERY:
+        if loop.time() - self._purged_at >= self._purge_every():
             self._purged_at = loop.time()
             await self._queue.purge()
 
@@ -184,6 +184,11 @@ class QueueRunner:
             if job_id not in kept and job_id in self._tasks:
                 self._why_stopped[job_id] = "stopped"
                 self._tasks[job_id].cancel()
+
+    def _purge_every(self) -> float:
+        """Ended jobs are deleted within half their retention (at most a minute late)."""
+        half = self._options.retention.total_seconds() / 2
+        return min(PURGE_EVERY, max(half, self._options.poll_interval))
 
     def _renew_every(self) -> float:
         return max(self._options.lease.total_seconds() / 3, 0.05)
