@@ -188,6 +188,39 @@ class Settings(BaseSettings):
         description="unused, unexpired wallet sign-in nonces at most (more is a 429)",
     )
 
+    payments_rpc_url: str | None = Field(
+        default=None,
+        description="JSON-RPC URL of a Base node; USDC top-ups are off unless it, "
+        "payments_usdc_address and payments_treasury are set",
+    )
+    payments_chain_id: int = Field(default=8453, ge=1, description="chain of the deposits")
+    payments_usdc_address: str | None = Field(
+        default=None, description="the USDC token contract deposits are made in"
+    )
+    payments_treasury: str | None = Field(
+        default=None, description="the address deposits must be sent to"
+    )
+    payments_confirmations: int = Field(
+        default=5, ge=1, description="blocks (the deposit's own included) before it is credited"
+    )
+    payments_min_deposit: int = Field(
+        default=1_000_000, ge=1, description="the smallest deposit credited, in micro-USD"
+    )
+    payments_poll_interval: float = Field(
+        default=2.0, gt=0, le=300, description="seconds between the watcher's looks at the chain"
+    )
+    payments_claim_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds a posted transaction hash may stay unseen on chain before "
+        "its top-up fails as not found",
+    )
+
+    @property
+    def payments_enabled(self) -> bool:
+        """Whether USDC top-ups are configured (node, token and treasury)."""
+        return bool(self.payments_rpc_url and self.payments_usdc_address and self.payments_treasury)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -71,15 +71,29 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{model}' does not exist.", param="model")
 
 
+class Conflict(InfermeshError):
+    """The request conflicts with what another account already did (e.g. claimed it)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(InfermeshError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
 
 
-class NoWorkerAvailable(InfermeshError):
+class ServiceUnavailable(InfermeshError):
+    """A part the request needs is switched off or out of reach; try again later."""
+
     status_code = 503
     error_type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class NoWorkerAvailable(ServiceUnavailable):
     code = "no_worker_available"
 
 

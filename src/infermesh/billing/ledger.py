@@ -69,22 +69,39 @@ class CreditLedger:
         self, account_id: int, amount: int, *, kind: str, reference: str, reason: str | None
     ) -> BalanceRecord:
         """Add ``amount`` to the account (a grant or a deposit), once per ``reference``."""
+        try:
+            async with self._db.session() as session, session.begin():
+                return await self.credit_in(
+                    session, account_id, amount, kind=kind, reference=reference, reason=reason
+                )
+        except IntegrityError as exc:
+            raise DuplicateReference(
+                f"A {kind} with reference '{reference}' was already recorded.", param="reference"
+            ) from exc
+
+    async def credit_in(
+        self,
+        session: AsyncSession,
+        account_id: int,
+        amount: int,
+        *,
+        kind: str,
+        reference: str,
+        reason: str | None,
+    ) -> BalanceRecord:
+        """:meth:`credit` inside the caller's transaction ``session``, so that the entry
+        commits (or not) with the caller's own changes. A repeated reference fails the
+        caller's commit with an ``IntegrityError``."""
         if not 0 < amount <= MAX_GRANT:
             raise InvalidRequest(
                 f"An amount must be more than 0 and at most {format_usd(MAX_GRANT)} USD.",
                 param="amount",
             )
-        try:
-            async with self._db.session() as session, session.begin():
-                if await session.get(Account, account_id) is None:
-                    raise NotFound(f"No account with id {account_id}.", param="account")
-                row = await _lock_balances(session, [account_id])
-                _append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
-                return _record(row[account_id])
-        except IntegrityError as exc:
-            raise DuplicateReference(
-                f"A {kind} with reference '{reference}' was already recorded.", param="reference"
-            ) from exc
+        if await session.get(Account, account_id) is None:
+            raise NotFound(f"No account with id {account_id}.", param="account")
+        row = await _lock_balances(session, [account_id])
+        _append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
+        return _record(row[account_id])
 
     async def hold(self, account_id: int, hold_id: str, amount: int, *, ttl: timedelta) -> int:
         """Hold ``amount`` for the request ``hold_id``; the available balance left after.

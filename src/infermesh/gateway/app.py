@@ -39,6 +39,7 @@ from infermesh.gateway.routes import (
     health,
     limits,
     models,
+    payments,
     results,
     wallet,
     webhooks,
@@ -49,6 +50,7 @@ from infermesh.jobs.setup import build_jobs
 from infermesh.limits.setup import build_limiter
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
+from infermesh.payments.setup import build_payments
 from infermesh.store.database import Database
 from infermesh.telemetry import Metrics
 from infermesh.worker.host import HostOptions, ModelHost
@@ -93,6 +95,7 @@ def create_app(
             ),
         )
         jobs = build_jobs(settings, database, chat_service)
+        topups = build_payments(settings, database, billing.ledger)
         app.state.services = Services(
             settings=settings,
             database=database,
@@ -112,6 +115,7 @@ def create_app(
             job_runner=jobs.runner,
             webhook_secrets=jobs.secrets,
             wallets=build_wallets(settings, database, accounts),
+            deposits=topups.service if topups else None,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
@@ -119,6 +123,8 @@ def create_app(
         settling = asyncio.create_task(billing.run())
         keeping_keys = asyncio.create_task(accounts.keep_keys_fresh())
         running_jobs = asyncio.create_task(jobs.runner.run())
+        if topups is not None:
+            topups.start()
         sending_webhooks = asyncio.create_task(jobs.sender.run())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
@@ -130,6 +136,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await jobs.runner.close()
+            if topups is not None:
+                await topups.stop()
             for task in (expiring, renewing, settling, keeping_keys):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -162,6 +170,7 @@ def create_app(
     app.include_router(workers.router)
     app.include_router(credits.router)
     app.include_router(wallet.router)
+    app.include_router(payments.router)
     app.include_router(admin.router)
     app.include_router(limits.router)
     app.include_router(limits.admin_router)

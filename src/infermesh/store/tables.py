@@ -361,3 +361,71 @@ class Wallet(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), unique=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DepositClaim(Base):
+    """A transaction hash an account posted as its USDC top-up: the watcher examines it
+    until it ends. One account per transaction (``chain_id``, ``tx_hash``).
+
+    ``status``: ``received`` (not seen on chain, or reorganized away), ``mined`` (its
+    transfers are rows of ``deposits``), ``failed`` (reverted, no USDC transfer to the
+    treasury, or not seen in time) or ``done`` (every deposit in it is final).
+    """
+
+    __tablename__ = "deposit_claims"
+    __table_args__ = (
+        UniqueConstraint("chain_id", "tx_hash"),
+        Index("ix_deposit_claims_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deposit(Base):
+    """One USDC transfer to the treasury (a log of a claimed transaction), credited to
+    the claiming account once it has enough confirmations; ``amount`` in micro-USD.
+
+    ``status``: ``received`` (its transaction left the chain in a reorg), ``mined``,
+    ``credited`` (final) or ``failed`` (final, ``error`` says why).
+    """
+
+    __tablename__ = "deposits"
+    __table_args__ = (UniqueConstraint("chain_id", "tx_hash", "log_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    claim_id: Mapped[int] = mapped_column(
+        ForeignKey("deposit_claims.id", ondelete="CASCADE"), index=True
+    )
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(Integer)
+    from_address: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(66))
+    confirmations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    credited_at: Mapped[datetime | None]
+
+
+class PaymentWatcher(Base):
+    """Which gateway watches the chain for deposits (``owner``), until its lease ends."""
+
+    __tablename__ = "payment_watchers"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime] = mapped_column()

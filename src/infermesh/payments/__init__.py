@@ -1,0 +1,1 @@
+"""Payments: USDC top-ups on Base, read from the chain through one small interface."""

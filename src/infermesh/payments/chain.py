@@ -1,0 +1,146 @@
+"""What the deposit watcher reads from the chain, behind one small interface.
+
+:class:`Chain` is the seam; :class:`Web3Chain` is it over JSON-RPC (web3's
+``AsyncWeb3`` on an HTTP node). Every failure to reach or read the node is one
+:class:`ChainUnavailable`; "not there" (an unknown transaction or block) is ``None``.
+Hashes and addresses come out as lowercase ``0x`` hex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import BlockNotFound, TransactionNotFound, Web3Exception
+
+from infermesh.errors import ServiceUnavailable
+
+T = TypeVar("T")
+
+
+class ChainUnavailable(ServiceUnavailable):
+    """The chain's node could not be reached or gave an answer we cannot read."""
+
+    code = "chain_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """One event a transaction emitted: the emitting contract, its topics, its data."""
+
+    log_index: int
+    address: str
+    topics: tuple[str, ...]
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A mined transaction: ``succeeded`` is its status, and where it was mined."""
+
+    tx_hash: str
+    succeeded: bool
+    block_number: int
+    block_hash: str
+    logs: tuple[Log, ...]
+
+
+class Chain(Protocol):
+    """The few reads the deposit watcher makes. Each raises :class:`ChainUnavailable`
+    when the node cannot answer."""
+
+    async def chain_id(self) -> int:
+        """The chain's id (8453 on Base)."""
+        ...
+
+    async def block_number(self) -> int:
+        """The newest block's number."""
+        ...
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of a mined transaction; None when it is not (or no longer) mined."""
+        ...
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of the block at ``number`` on the chain now; None past the head."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the connection."""
+        ...
+
+
+def _hex(value: Any) -> str:
+    """A hash, address or data blob as lowercase ``0x`` hex."""
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    text = str(value).lower()
+    return text if text.startswith("0x") else "0x" + text
+
+
+def _log(raw: Any) -> Log:
+    return Log(
+        log_index=int(raw["logIndex"]),
+        address=_hex(raw["address"]),
+        topics=tuple(_hex(topic) for topic in raw["topics"]),
+        data=_hex(raw["data"]),
+    )
+
+
+class Web3Chain:
+    """:class:`Chain` over a JSON-RPC node at ``rpc_url``, with web3's ``AsyncWeb3``."""
+
+    def __init__(self, rpc_url: str, *, timeout: float = 10.0) -> None:
+        provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+        self._w3 = AsyncWeb3(provider)
+
+    async def chain_id(self) -> int:
+        return int(await self._call(self._w3.eth.chain_id))
+
+    async def block_number(self) -> int:
+        return int(await self._call(self._w3.eth.block_number))
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        try:
+            raw = await self._call(self._w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+        if raw.get("blockNumber") is None:  # some nodes answer pending transactions
+            return None
+        return Receipt(
+            tx_hash=_hex(raw["transactionHash"]),
+            succeeded=int(raw["status"]) == 1,
+            block_number=int(raw["blockNumber"]),
+            block_hash=_hex(raw["blockHash"]),
+            logs=tuple(_log(entry) for entry in raw["logs"]),
+        )
+
+    async def block_hash(self, number: int) -> str | None:
+        try:
+            block = await self._call(self._w3.eth.get_block(number))
+        except BlockNotFound:
+            return None
+        found = block.get("hash")
+        return None if found is None else _hex(found)
+
+    async def close(self) -> None:
+        try:
+            await self._w3.provider.disconnect()
+        except Exception:  # closing a session that failed to open: nothing to let go of
+            return
+
+    async def _call(self, pending: Awaitable[T]) -> T:
+        """Await a web3 call; its transport and RPC failures as :class:`ChainUnavailable`
+        ("not found" errors pass through, for the caller to answer None)."""
+        try:
+            return await pending
+        except (TransactionNotFound, BlockNotFound):
+            raise
+        except (Web3Exception, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise ChainUnavailable(
+                f"The chain's node did not answer: {type(exc).__name__}.",
+                retry_after=5,
+            ) from exc

@@ -1,0 +1,93 @@
+"""USDC top-ups by transaction hash: an account posts the hash of a transfer it sent to
+the treasury; the watcher credits each transfer once it is deep enough in the chain.
+
+Credit never comes from what a request says: a claim only names a transaction, and
+the amount, the sender and the recipient are read from the chain's receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from infermesh.billing.ledger import CreditLedger
+from infermesh.payments._claims import ClaimBook
+from infermesh.payments._progress import DepositProgress, Sighting
+from infermesh.payments.chain import Chain, ChainUnavailable, Receipt
+from infermesh.payments.records import DepositOptions, DepositRecord, OpenClaim
+from infermesh.payments.transfers import parse_tx_hash, transfers_to
+from infermesh.store import Database, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class DepositService:
+    """Claims of deposits (``claim``, ``list``) and one look at the chain (``watch_once``)."""
+
+    def __init__(
+        self,
+        db: Database,
+        ledger: CreditLedger,
+        chain: Chain,
+        options: DepositOptions,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.options = options
+        self.chain = chain
+        self._claims = ClaimBook(db, options, clock=clock)
+        self._progress = DepositProgress(db, ledger, options, clock=clock)
+        self._chain_checked = False
+
+    async def claim(self, account_id: int, tx_hash: str) -> list[DepositRecord]:
+        """Record that ``account_id`` claims the transaction ``tx_hash`` (again: the
+        same); its deposits as they are now. :class:`Conflict` if another account did."""
+        tx = parse_tx_hash(tx_hash)
+        claim_id = await self._claims.add(account_id, tx)
+        return await self._claims.records(account_id, claim_id=claim_id)
+
+    async def list(self, account_id: int, *, limit: int = 100) -> list[DepositRecord]:
+        """The account's deposits, newest first."""
+        return await self._claims.records(account_id, limit=limit)
+
+    async def watch_once(self) -> None:
+        """Examine every claim not yet final against the chain, once."""
+        await self._check_chain()
+        head = await self.chain.block_number()
+        for claim in await self._claims.open():
+            await self._examine(claim, head)
+
+    async def _check_chain(self) -> None:
+        if self._chain_checked:
+            return
+        found = await self.chain.chain_id()
+        if found != self.options.chain_id:
+            raise ChainUnavailable(
+                f"The payments node is on chain {found}, not on chain "
+                f"{self.options.chain_id}; no deposit is examined."
+            )
+        self._chain_checked = True
+
+    async def _examine(self, claim: OpenClaim, head: int) -> None:
+        receipt = await self.chain.receipt(claim.tx_hash)
+        if receipt is None:
+            await self._progress.unseen(claim)
+            return
+        if not receipt.succeeded:
+            await self._progress.fail(claim, "The transaction failed (reverted) on chain.")
+            return
+        options = self.options
+        transfers = transfers_to(receipt, token=options.usdc, recipient=options.treasury)
+        if not transfers:
+            await self._progress.fail(
+                claim, f"The transaction holds no USDC transfer to the treasury {options.treasury}."
+            )
+            return
+        confirmations = max(head - receipt.block_number + 1, 0)
+        final = confirmations >= options.confirmations and await self._canonical(receipt)
+        await self._progress.seen(claim, Sighting(receipt, transfers, confirmations, final))
+
+    async def _canonical(self, receipt: Receipt) -> bool:
+        """Whether the receipt's block is still the chain's block at its height."""
+        return await self.chain.block_hash(receipt.block_number) == receipt.block_hash
