@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -193,9 +193,22 @@ class Settings(BaseSettings):
         description="JSON-RPC URL of a Base node; USDC top-ups are off unless it, "
         "payments_usdc_address and payments_treasury are set",
     )
-    payments_chain_id: int = Field(default=8453, ge=1, description="chain of the deposits")
+    payments_network: Literal["base", "base-sepolia", "custom"] = Field(
+        default="custom",
+        description="a preset (payments/networks.py) that fills the chain id, USDC address "
+        "and EIP-712 name and version not set explicitly",
+    )
+    payments_chain_id: int | None = Field(
+        default=None, ge=1, description="chain of the deposits (the preset's; custom: 8453)"
+    )
     payments_usdc_address: str | None = Field(
         default=None, description="the USDC token contract deposits are made in"
+    )
+    payments_usdc_name: str | None = Field(
+        default=None, description="the token's EIP-712 name (the preset's; custom: USD Coin)"
+    )
+    payments_usdc_version: str | None = Field(
+        default=None, description="the token's EIP-712 version (the preset's; custom: 2)"
     )
     payments_treasury: str | None = Field(
         default=None, description="the address deposits must be sent to"
@@ -218,8 +231,9 @@ class Settings(BaseSettings):
 
     @property
     def payments_enabled(self) -> bool:
-        """Whether USDC top-ups are configured (node, token and treasury)."""
-        return bool(self.payments_rpc_url and self.payments_usdc_address and self.payments_treasury)
+        """Whether USDC top-ups are configured (node, token or a preset, and treasury)."""
+        token = self.payments_usdc_address or self.payments_network != "custom"
+        return bool(self.payments_rpc_url and token and self.payments_treasury)
 
     @property
     def resolved_database_url(self) -> str:

@@ -348,3 +348,34 @@ def test_two_gateways_on_one_postgresql_credit_each_deposit_once(
                 assert ledger_entries(first.settings, tx_hash) == 1
     finally:
         asyncio.run(drop_database(name))
+
+
+@pytest.mark.anvil
+def test_the_configured_token_passes_the_domain_check(
+    usdc: Usdc, gateway: RunningGateway, http: httpx.Client
+) -> None:
+    deposits = gateway.app.state.services.deposits
+    wait_until(lambda: deposits._chain_checked, timeout=30, what="the chain checked")
+    assert deposits.misconfigured is None
+
+
+@pytest.mark.anvil
+def test_a_token_with_another_eip712_name_credits_nothing(usdc: Usdc, tmp_path: Path) -> None:
+    misnamed = Usdc(usdc.anvil, deploy_token(usdc.anvil.w3, name="USDC"), usdc.treasury)
+    settings = {**payment_settings(misnamed), "payments_usdc_name": "USD Coin"}
+    with start_gateway(tmp_path, **settings) as running, running.http() as http:
+        deposits = running.app.state.services.deposits
+        wait_until(lambda: deposits.misconfigured is not None, timeout=30, what="a mismatch")
+        assert "'USD Coin'" in deposits.misconfigured
+        assert misnamed.token.address.lower() in deposits.misconfigured.lower()
+        user = sign_in(http)
+        fund(misnamed, user.address, AMOUNT)
+        tx_hash = send(misnamed, user.address, misnamed.treasury, AMOUNT)
+        assert topup(http, user, tx_hash).status_code == 200
+        mine(usdc.anvil.w3, CONFIRMATIONS + 1)
+        # A few more passes of the watcher; the deposit stays as it was posted.
+        passes = deposits.passes
+        wait_until(lambda: deposits.passes >= passes + 3, timeout=30, what="watcher passes")
+        assert [d["status"] for d in deposits_of(http, user, tx_hash)] == ["received"]
+        assert balance(http, user) == 0
+        assert ledger_entries(running.settings, tx_hash) == 0

@@ -110,10 +110,12 @@ class ClaimBook:
                     select(Deposit).where(Deposit.claim_id.in_(ids)).order_by(Deposit.log_index)
                 )
             ).all()
-        return _records(claims, deposits)
+        return claim_records(claims, deposits)
 
 
-def _records(claims: Sequence[DepositClaim], deposits: Sequence[Deposit]) -> list[DepositRecord]:
+def claim_records(
+    claims: Sequence[DepositClaim], deposits: Sequence[Deposit]
+) -> list[DepositRecord]:
     by_claim: dict[int, list[Deposit]] = {}
     for deposit in deposits:
         by_claim.setdefault(deposit.claim_id, []).append(deposit)

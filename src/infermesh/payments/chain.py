@@ -68,6 +68,11 @@ class Chain(Protocol):
         """The hash of the block at ``number`` on the chain now; None past the head."""
         ...
 
+    async def call(self, to: str, data: str) -> bytes:
+        """What the contract at ``to`` returns for the calldata ``data`` (``eth_call``
+        on the newest block); a reverted call is :class:`ChainUnavailable` too."""
+        ...
+
     async def close(self) -> None:
         """Let go of the connection."""
         ...
@@ -125,6 +130,11 @@ class Web3Chain:
             return None
         found = block.get("hash")
         return None if found is None else _hex(found)
+
+    async def call(self, to: str, data: str) -> bytes:
+        address = AsyncWeb3.to_checksum_address(to)
+        found = await self._call(self._w3.eth.call({"to": address, "data": data}))  # type: ignore[typeddict-item]
+        return bytes(found)
 
     async def close(self) -> None:
         try:

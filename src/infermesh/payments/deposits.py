@@ -16,6 +16,7 @@ from infermesh.payments._claims import ClaimBook
 from infermesh.payments._progress import DepositProgress, Sighting
 from infermesh.payments.chain import Chain, ChainUnavailable, Receipt
 from infermesh.payments.records import DepositOptions, DepositRecord, OpenClaim
+from infermesh.payments.token_domain import TokenDomain, domain_mismatch
 from infermesh.payments.transfers import parse_tx_hash, transfers_to
 from infermesh.store import Database, utcnow
 
@@ -39,6 +40,11 @@ class DepositService:
         self._claims = ClaimBook(db, options, clock=clock)
         self._progress = DepositProgress(db, ledger, options, clock=clock)
         self._chain_checked = False
+        self.misconfigured: str | None = None
+        self.passes = 0
+        """Watch passes begun (tests wait on it rather than on time)."""
+        """Why the watcher examines nothing (the token on chain is not the one
+        configured); None while the chain checks pass or have not run."""
 
     async def claim(self, account_id: int, tx_hash: str) -> list[DepositRecord]:
         """Record that ``account_id`` claims the transaction ``tx_hash`` (again: the
@@ -52,22 +58,33 @@ class DepositService:
         return await self._claims.records(account_id, limit=limit)
 
     async def watch_once(self) -> None:
-        """Examine every claim not yet final against the chain, once."""
-        await self._check_chain()
+        """Examine every claim not yet final against the chain, once (none at all when
+        the node is on another chain or the token is not the configured one)."""
+        self.passes += 1
+        if not await self._check_chain():
+            return
         head = await self.chain.block_number()
         for claim in await self._claims.open():
             await self._examine(claim, head)
 
-    async def _check_chain(self) -> None:
-        if self._chain_checked:
-            return
+    async def _check_chain(self) -> bool:
+        """Whether the node and the token are the configured ones (checked once)."""
+        if self.misconfigured is not None or self._chain_checked:
+            return self.misconfigured is None
+        options = self.options
         found = await self.chain.chain_id()
-        if found != self.options.chain_id:
+        if found != options.chain_id:
             raise ChainUnavailable(
                 f"The payments node is on chain {found}, not on chain "
-                f"{self.options.chain_id}; no deposit is examined."
+                f"{options.chain_id}; no deposit is examined."
             )
+        domain = TokenDomain(options.usdc_name, options.usdc_version, found, options.usdc)
+        self.misconfigured = await domain_mismatch(self.chain, domain)
+        if self.misconfigured is not None:
+            logger.error("%s No deposit is examined or credited.", self.misconfigured)
+            return False
         self._chain_checked = True
+        return True
 
     async def _examine(self, claim: OpenClaim, head: int) -> None:
         receipt = await self.chain.receipt(claim.tx_hash)

@@ -13,7 +13,8 @@ FINAL_DEPOSIT = ("credited", "failed")
 
 @dataclass(frozen=True, slots=True)
 class DepositOptions:
-    """Which transfers are deposits (``usdc`` to ``treasury`` on ``chain_id``, at least
+    """Which transfers are deposits (``usdc``, whose EIP-712 domain has ``usdc_name`` and
+    ``usdc_version``, to ``treasury`` on ``chain_id``, at least
     ``min_deposit`` micro-USD), after how many ``confirmations`` they are credited, how
     long a claimed transaction may stay unseen, and how many unseen ones an account may
     have claimed at once."""
@@ -25,6 +26,8 @@ class DepositOptions:
     min_deposit: int = 1_000_000
     claim_ttl: timedelta = timedelta(hours=1)
     max_open_claims: int = 20
+    usdc_name: str = "USD Coin"
+    usdc_version: str = "2"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from infermesh.errors import ConfigError
 from infermesh.payments.chain import Web3Chain
 from infermesh.payments.deposits import DepositService
 from infermesh.payments.lease import WatcherLease
+from infermesh.payments.networks import resolve_network
 from infermesh.payments.records import DepositOptions
 from infermesh.payments.transfers import parse_address
 from infermesh.payments.watcher import DepositWatcher
@@ -48,18 +49,21 @@ class PaymentParts:
 
 def deposit_options(settings: Settings) -> DepositOptions:
     """The deposit rules ``INFERMESH_PAYMENTS_*`` set; :class:`ConfigError` if wrong."""
+    network = resolve_network(settings)
     try:
-        usdc = parse_address(settings.payments_usdc_address or "")
+        usdc = parse_address(network.usdc_address or "")
         treasury = parse_address(settings.payments_treasury or "")
     except ValueError as exc:
         raise ConfigError(f"INFERMESH_PAYMENTS_USDC_ADDRESS / _TREASURY: {exc}") from None
     return DepositOptions(
-        chain_id=settings.payments_chain_id,
+        chain_id=network.chain_id,
         usdc=usdc,
         treasury=treasury,
         confirmations=settings.payments_confirmations,
         min_deposit=settings.payments_min_deposit,
         claim_ttl=timedelta(seconds=settings.payments_claim_ttl),
+        usdc_name=network.usdc_name,
+        usdc_version=network.usdc_version,
     )
 
 
@@ -72,7 +76,8 @@ def build_payments(
         if any(named) or settings.payments_treasury:
             logger.warning(
                 "USDC top-ups are off: set INFERMESH_PAYMENTS_RPC_URL, "
-                "INFERMESH_PAYMENTS_USDC_ADDRESS and INFERMESH_PAYMENTS_TREASURY together"
+                "INFERMESH_PAYMENTS_USDC_ADDRESS (or _NETWORK) and INFERMESH_PAYMENTS_TREASURY "
+                "together"
             )
         return None
     options = deposit_options(settings)
