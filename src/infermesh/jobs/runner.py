@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from infermesh.accounts.records import Principal
+from infermesh.backoff import equal_jitter
 from infermesh.billing.service import billed_usage
 from infermesh.chat.run import ChatRun
 from infermesh.chat.service import ChatService
@@ -54,13 +55,6 @@ class RunnerOptions:
     concurrent: int
     retention: timedelta
     concurrent_by_tier: Mapping[str, int] = field(default_factory=dict)
-
-
-def retry_delay(retries: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Seconds before the next try of a job that failed ``retries + 1`` times: ``base x
-    2^retries``, capped, with the upper half jittered (so retries spread out)."""
-    delay = min(cap, base * 2.0 ** min(retries, 62))
-    return delay / 2 + rng.uniform(0.0, delay / 2)
 
 
 class _Stopped(Exception):
@@ -280,8 +274,11 @@ class QueueRunner:
             await release(self._chat.context, charge_of(job), "dead")
             await self._end(job, "dead", exc)
             return
-        delay = retry_delay(
-            job.retries, base=self._options.retry_base, cap=self._options.retry_cap, rng=self._rng
+        delay = equal_jitter(
+            job.retries + 1,
+            base=self._options.retry_base,
+            cap=self._options.retry_cap,
+            rng=self._rng,
         )
         logger.info(
             "job %s failed (%s); retry %d in %.1fs", job.id, exc.code, job.retries + 1, delay

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import httpx
 
+from infermesh.backoff import equal_jitter
 from infermesh.errors import InvalidRequest
 
 __all__ = [
@@ -375,6 +376,4 @@ def next_attempt_delay(
     """
     if attempt < 1 or base <= 0 or cap < base:
         raise ValueError("need attempt >= 1 and 0 < base <= cap")
-    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 64))
-    half = ceiling / 2
-    return half + (rng or random.Random()).uniform(0, half)
+    return equal_jitter(attempt, base=base, cap=cap, rng=rng or random.Random())

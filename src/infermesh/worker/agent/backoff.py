@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
+from infermesh.backoff import equal_jitter
+
 
 class Backoff:
     """Each delay doubles (up to ``maximum``); a random part spreads workers apart.
 
-    The n-th delay is drawn uniformly from ``[base / 2, base]`` where
-    ``base = min(maximum, initial * 2**n)`` ("equal jitter"), so a fleet of workers
-    that lost the same gateway does not come back at the same instant.
+    The n-th delay is :func:`~infermesh.backoff.equal_jitter`'s, from ``initial`` up to
+    ``maximum``, so a fleet of workers that lost the same gateway does not come back at
+    the same instant.
     """
 
     def __init__(
@@ -23,9 +25,8 @@ class Backoff:
 
     def next(self) -> float:
         """The delay before the next attempt."""
-        base = min(self._maximum, self._initial * 2**self._attempt)
         self._attempt = min(self._attempt + 1, 32)
-        return self._rng.uniform(base / 2, base)
+        return equal_jitter(self._attempt, base=self._initial, cap=self._maximum, rng=self._rng)
 
     def reset(self) -> None:
         """Start again from the shortest delay (after a successful connection)."""
