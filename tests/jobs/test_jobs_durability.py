@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.gateway.test_billing import PER_TOKEN, SECRETS, priced, token_cost
 from tests.support.gateway import create_key, wait_until_available
 from tests.support.invariants import ledger_state
-from tests.support.postgres import DATABASE_PREFIX, create_database, drop_database, require_postgres
+from tests.support.postgres import postgres_database
 from tests.support.processes import RunningProcess, infermesh_command
 from tests.support.servers import free_port
 from tests.support.waiting import wait_until
@@ -360,18 +359,6 @@ SCALE_ENV = job_env(
     job_concurrent=1000,
     job_runners=16,
 )
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database (its asyncpg URL), dropped afterwards."""
-    require_postgres()
-    name = DATABASE_PREFIX + secrets.token_hex(6)
-    url = asyncio.run(create_database(name))
-    try:
-        yield url
-    finally:
-        asyncio.run(drop_database(name))
 
 
 def enqueue_all(base_url: str, key: str, texts: list[str]) -> dict[str, str]:

@@ -6,7 +6,6 @@ that sent it."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -314,18 +313,10 @@ def test_top_ups_answer_503_when_payments_are_off(tmp_path: Path) -> None:
 def test_two_gateways_on_one_postgresql_credit_each_deposit_once(
     usdc: Usdc, tmp_path: Path
 ) -> None:
-    from tests.support.postgres import (
-        DATABASE_PREFIX,
-        create_database,
-        drop_database,
-        require_postgres,
-    )
+    from tests.support.postgres import postgres_database
 
-    require_postgres()
-    name = DATABASE_PREFIX + secrets.token_hex(6)
-    database_url = asyncio.run(create_database(name))
-    settings = {**payment_settings(usdc), "database_url": database_url}
-    try:
+    with postgres_database() as database_url:
+        settings = {**payment_settings(usdc), "database_url": database_url}
         with (
             start_gateway(tmp_path / "a", **settings) as first,
             start_gateway(tmp_path / "b", **settings) as second,
@@ -346,8 +337,6 @@ def test_two_gateways_on_one_postgresql_credit_each_deposit_once(
                 wait_for_status(http_b, user, tx_hash, "credited")
                 assert balance(http_a, user) == amount
                 assert ledger_entries(first.settings, tx_hash) == 1
-    finally:
-        asyncio.run(drop_database(name))
 
 
 @pytest.mark.anvil

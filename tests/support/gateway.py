@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets as secrets_module
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -122,18 +121,10 @@ def start_gateway_on(backend: str, data_dir: Path, **options: Any) -> Iterator[R
         with start_gateway(data_dir, **options) as gateway:
             yield gateway
         return
-    from tests.support.postgres import (
-        DATABASE_PREFIX,
-        create_database,
-        drop_database,
-        require_postgres,
-    )
+    from tests.support.postgres import postgres_database
 
-    require_postgres()
-    name = DATABASE_PREFIX + secrets_module.token_hex(6)
-    database_url = asyncio.run(create_database(name))
-    try:
-        with start_gateway(data_dir, database_url=database_url, **options) as gateway:
-            yield gateway
-    finally:
-        asyncio.run(drop_database(name))
+    with (
+        postgres_database() as database_url,
+        start_gateway(data_dir, database_url=database_url, **options) as gateway,
+    ):
+        yield gateway

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 import pytest
@@ -101,3 +101,16 @@ async def temporary_postgres_database() -> AsyncIterator[str]:
         yield url
     finally:
         await drop_database(name)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """:func:`temporary_postgres_database` for synchronous tests: a throwaway database
+    (its asyncpg URL), checked reachable first, dropped afterwards."""
+    require_postgres()
+    name = DATABASE_PREFIX + secrets.token_hex(6)
+    url = asyncio.run(create_database(name))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(name))
