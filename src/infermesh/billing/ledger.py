@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infermesh.billing import _ledger_rows as _rows
 from infermesh.billing.money import format_usd
 from infermesh.billing.records import (
     BalanceRecord,
@@ -99,9 +99,9 @@ class CreditLedger:
             )
         if await session.get(Account, account_id) is None:
             raise NotFound(f"No account with id {account_id}.", param="account")
-        row = await _lock_balances(session, [account_id])
-        _append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
-        return _record(row[account_id])
+        row = await _rows.lock_balances(session, [account_id])
+        _rows.append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
+        return _rows.record(row[account_id])
 
     async def hold(self, account_id: int, hold_id: str, amount: int, *, ttl: timedelta) -> int:
         """Hold ``amount`` for the request ``hold_id``; the available balance left after.
@@ -112,7 +112,7 @@ class CreditLedger:
             raise ValueError("a hold must be of a positive amount")
         now = self._clock()
         async with self._db.session() as session, session.begin():
-            row = (await _lock_balances(session, [account_id]))[account_id]
+            row = (await _rows.lock_balances(session, [account_id]))[account_id]
             available = row.balance - row.held
             if amount > available:
                 raise InsufficientCredits(
@@ -130,7 +130,7 @@ class CreditLedger:
                     expires_at=now + ttl,
                 )
             )
-            _append(session, row, "hold", 0, amount, hold_id, None, self._clock)
+            _rows.append(session, row, "hold", 0, amount, hold_id, None, self._clock)
             return available - amount
 
     async def settle(self, settlement: Settlement) -> Settled:
@@ -154,26 +154,28 @@ class CreditLedger:
             return await session.get(UsageEntry, settlement.usage.id) is not None
 
     async def _settle(self, session: AsyncSession, settlement: Settlement) -> Settled:
-        hold = await _lock_hold(session, settlement.hold_id)
+        hold = await _rows.lock_hold(session, settlement.hold_id)
         if (hold is not None and hold.status == "settled") or (
             await session.get(UsageEntry, settlement.usage.id) is not None
         ):
             balance = await session.get(Balance, settlement.account_id)
-            return Settled(0, _record_or_zero(settlement.account_id, balance), repeated=True)
+            return Settled(0, _rows.record_or_zero(settlement.account_id, balance), repeated=True)
         accounts = [settlement.account_id]
         if settlement.earning is not None:
             accounts.append(settlement.earning.account_id)
-        rows = await _lock_balances(session, accounts)
+        rows = await _rows.lock_balances(session, accounts)
         charged = self._charge(session, rows[settlement.account_id], hold, settlement)
         share = settlement.earning.of(charged) if settlement.earning is not None else 0
         if settlement.earning is not None and share:
             operator = rows[settlement.earning.account_id]
-            _append(session, operator, "earning", share, 0, settlement.hold_id, None, self._clock)
+            _rows.append(
+                session, operator, "earning", share, 0, settlement.hold_id, None, self._clock
+            )
             settlement.usage.operator_earning = share
         settlement.usage.cost = charged
         session.add(UsageEntry(**settlement.usage.as_row()))
         await session.flush()
-        return Settled(charged, _record(rows[settlement.account_id]))
+        return Settled(charged, _rows.record(rows[settlement.account_id]))
 
     async def reserve(
         self,
@@ -200,10 +202,10 @@ class CreditLedger:
             raise ValueError("a reservation must be of a positive amount")
         now = self._clock()
         async with self._db.session() as session, session.begin():
-            hold = await _lock_hold(session, slice_id)
+            hold = await _rows.lock_hold(session, slice_id)
             if hold is not None and hold.status != "open":
                 return None
-            row = (await _lock_balances(session, [account_id]))[account_id]
+            row = (await _rows.lock_balances(session, [account_id]))[account_id]
             available = row.balance - row.held
             if least > available:
                 shown = max(available, 0) + shown_available
@@ -227,8 +229,8 @@ class CreditLedger:
             else:
                 hold.amount += amount
                 hold.expires_at = now + ttl
-            _append(session, row, "hold", 0, amount, reference, None, self._clock)
-            return Reserved(amount, amount < most, _record(row))
+            _rows.append(session, row, "hold", 0, amount, reference, None, self._clock)
+            return Reserved(amount, amount < most, _rows.record(row))
 
     async def write_batch(
         self, charges: Sequence[SliceCharge], releases: Sequence[SliceRelease]
@@ -243,15 +245,15 @@ class CreditLedger:
         async with self._db.session() as session, session.begin():
             slice_ids = {charge.slice_id for charge in charges if charge.slice_id is not None}
             slice_ids.update(release.slice_id for release in releases)
-            holds = await _lock_holds(session, slice_ids)
+            holds = await _rows.lock_holds(session, slice_ids)
             accounts = {release.account_id for release in releases}
             for charge in charges:
                 accounts.add(charge.settlement.account_id)
                 if charge.settlement.earning is not None:
                     accounts.add(charge.settlement.earning.account_id)
-            rows = await _lock_balances(session, list(accounts))
-            done = await _recorded(session, [charge.settlement.usage.id for charge in charges])
-            released = await _released(session, releases)
+            rows = await _rows.lock_balances(session, list(accounts))
+            done = await _rows.recorded(session, [charge.settlement.usage.id for charge in charges])
+            released = await _rows.released(session, releases)
             entries: list[dict[str, object]] = []
             usages: list[dict[str, object]] = []
             short: dict[str, int] = {}
@@ -268,13 +270,13 @@ class CreditLedger:
             for release in releases:
                 if (release.account_id, release.reference) not in released:
                     hold = holds.get(release.slice_id)
-                    _release_slice(entries, rows, hold, release, self._clock)
+                    _rows.release_slice(entries, rows, hold, release, self._clock)
             if entries:
                 await session.execute(insert(LedgerEntry), entries)
             if usages:
                 await session.execute(insert(UsageEntry), usages)
-            ended = {slice_id for slice_id in slice_ids if _ended(holds.get(slice_id))}
-            balances = {account: _record(row) for account, row in rows.items()}
+            ended = {slice_id for slice_id in slice_ids if _rows.ended(holds.get(slice_id))}
+            balances = {account: _rows.record(row) for account, row in rows.items()}
             return BatchWritten(balances, short, ended)
 
     def _charge_slice(
@@ -292,17 +294,19 @@ class CreditLedger:
             hold.amount -= charged
             if charged:
                 entries.append(
-                    _entry(row, "charge", -charged, -charged, reference, None, self._clock)
+                    _rows.entry(row, "charge", -charged, -charged, reference, None, self._clock)
                 )
         else:
             charged = min(settlement.cost, max(row.balance - row.held, 0))
             if charged:
                 reason = "late" if hold is not None else None
-                entries.append(_entry(row, "charge", -charged, 0, reference, reason, self._clock))
+                entries.append(
+                    _rows.entry(row, "charge", -charged, 0, reference, reason, self._clock)
+                )
         share = settlement.earning.of(charged) if settlement.earning is not None else 0
         if settlement.earning is not None and share:
             operator = rows[settlement.earning.account_id]
-            entries.append(_entry(operator, "earning", share, 0, reference, None, self._clock))
+            entries.append(_rows.entry(operator, "earning", share, 0, reference, None, self._clock))
         settlement.usage.cost = charged
         settlement.usage.operator_earning = share
         return charged
@@ -341,11 +345,13 @@ class CreditLedger:
         released = 0
         for hold_id in stale:
             async with self._db.session() as session, session.begin():
-                hold = await _lock_hold(session, hold_id)
+                hold = await _rows.lock_hold(session, hold_id)
                 if hold is None or hold.status != "open":
                     continue
-                row = (await _lock_balances(session, [hold.account_id]))[hold.account_id]
-                _append(session, row, "release", 0, -hold.amount, hold.id, "expired", self._clock)
+                row = (await _rows.lock_balances(session, [hold.account_id]))[hold.account_id]
+                _rows.append(
+                    session, row, "release", 0, -hold.amount, hold.id, "expired", self._clock
+                )
                 hold.status = "expired"
                 released += 1
         if released:
@@ -362,7 +368,7 @@ class CreditLedger:
         )
         async with self._db.session(read_only=True) as session:
             rows = (await session.scalars(query)).all()
-        return [_entry_record(row) for row in rows]
+        return [_rows.entry_record(row) for row in rows]
 
     async def ledger_totals(self, account_id: int) -> BalanceRecord:
         """The balance and held amount summed from the ledger itself (for audits)."""
@@ -389,10 +395,12 @@ class CreditLedger:
                     hold.amount,
                 )
             if charged:
-                _append(session, row, "charge", -charged, -charged, reference, None, self._clock)
+                _rows.append(
+                    session, row, "charge", -charged, -charged, reference, None, self._clock
+                )
             if hold.amount > charged:
                 rest = hold.amount - charged
-                _append(session, row, "release", 0, -rest, reference, None, self._clock)
+                _rows.append(session, row, "release", 0, -rest, reference, None, self._clock)
             hold.status = "settled"
             return charged
         # No open hold: a free model, or a hold that expired while the request ran.
@@ -400,151 +408,7 @@ class CreditLedger:
         if charged < settlement.cost:
             logger.warning("request %s settled after its hold expired; charge capped", reference)
         if charged:
-            _append(session, row, "charge", -charged, 0, reference, "late", self._clock)
+            _rows.append(session, row, "charge", -charged, 0, reference, "late", self._clock)
         if hold is not None:
             hold.status = "settled"
         return charged
-
-
-def _append(
-    session: AsyncSession,
-    row: Balance,
-    kind: str,
-    balance_change: int,
-    held_change: int,
-    reference: str,
-    reason: str | None,
-    clock: Callable[[], datetime],
-) -> None:
-    """Apply one entry to the (locked) balance row and record it."""
-    entry = _entry(row, kind, balance_change, held_change, reference, reason, clock)
-    session.add(LedgerEntry(**entry))
-
-
-async def _lock_hold(session: AsyncSession, hold_id: str) -> Hold | None:
-    hold: Hold | None = await session.scalar(
-        select(Hold).where(Hold.id == hold_id).with_for_update()
-    )
-    return hold
-
-
-async def _lock_balances(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, Balance]:
-    """Lock the balance rows of these accounts (creating missing ones), in id order.
-
-    Locking in one order means two settlements that credit each other's accounts
-    cannot deadlock.
-    """
-    wanted = sorted(set(account_ids))
-    query = (
-        select(Balance)
-        .where(Balance.account_id.in_(wanted))
-        .order_by(Balance.account_id)
-        .with_for_update()
-    )
-    rows = {row.account_id: row for row in (await session.scalars(query)).all()}
-    missing = [{"account_id": account} for account in wanted if account not in rows]
-    if not missing:
-        return rows
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.execute(insert(Balance).values(missing).on_conflict_do_nothing())
-    return {row.account_id: row for row in (await session.scalars(query)).all()}
-
-
-def _record(row: Balance) -> BalanceRecord:
-    return BalanceRecord(row.account_id, row.balance, row.held)
-
-
-def _record_or_zero(account_id: int, row: Balance | None) -> BalanceRecord:
-    return BalanceRecord(account_id, 0, 0) if row is None else _record(row)
-
-
-def _entry_record(row: LedgerEntry) -> EntryRecord:
-    return EntryRecord(
-        id=row.id,
-        kind=row.kind,
-        balance_change=row.balance_change,
-        held_change=row.held_change,
-        balance_after=row.balance_after,
-        reference=row.reference,
-        reason=row.reason,
-        created_at=row.created_at,
-    )
-
-
-def _entry(
-    row: Balance,
-    kind: str,
-    balance_change: int,
-    held_change: int,
-    reference: str,
-    reason: str | None,
-    clock: Callable[[], datetime],
-) -> dict[str, object]:
-    """Apply one entry to the (locked) balance row; the entry's row, to insert."""
-    now = clock()
-    row.balance += balance_change
-    row.held += held_change
-    row.updated_at = now
-    return {
-        "account_id": row.account_id,
-        "kind": kind,
-        "balance_change": balance_change,
-        "held_change": held_change,
-        "balance_after": row.balance,
-        "held_after": row.held,
-        "reference": reference,
-        "reason": reason,
-        "created_at": now,
-    }
-
-
-def _release_slice(
-    entries: list[dict[str, object]],
-    rows: dict[int, Balance],
-    hold: Hold | None,
-    release: SliceRelease,
-    clock: Callable[[], datetime],
-) -> None:
-    """Give back (part of) a slice's money; nothing if the slice already ended."""
-    if hold is None or hold.status != "open":
-        return
-    amount = hold.amount if release.final else min(release.amount, hold.amount)
-    if amount:
-        row = rows[release.account_id]
-        entries.append(_entry(row, "release", 0, -amount, release.reference, None, clock))
-        hold.amount -= amount
-    if release.final:
-        hold.status = "returned"
-
-
-def _ended(hold: Hold | None) -> bool:
-    return hold is None or hold.status != "open"
-
-
-async def _lock_holds(session: AsyncSession, hold_ids: set[str]) -> dict[str, Hold]:
-    if not hold_ids:
-        return {}
-    query = select(Hold).where(Hold.id.in_(sorted(hold_ids))).order_by(Hold.id).with_for_update()
-    return {hold.id: hold for hold in (await session.scalars(query)).all()}
-
-
-async def _recorded(session: AsyncSession, usage_ids: Sequence[str]) -> set[str]:
-    """Which of these requests already have a usage record."""
-    if not usage_ids:
-        return set()
-    query = select(UsageEntry.id).where(UsageEntry.id.in_(list(usage_ids)))
-    return set((await session.scalars(query)).all())
-
-
-async def _released(
-    session: AsyncSession, releases: Sequence[SliceRelease]
-) -> set[tuple[int, str]]:
-    """Which of these releases were already written (a retried batch)."""
-    if not releases:
-        return set()
-    query = select(LedgerEntry.account_id, LedgerEntry.reference).where(
-        LedgerEntry.kind == "release",
-        LedgerEntry.reference.in_([release.reference for release in releases]),
-    )
-    return {(account, reference) for account, reference in await session.execute(query)}
