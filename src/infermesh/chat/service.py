@@ -80,9 +80,14 @@ class ChatService:
     ) -> Completed:
         """A whole (non-streamed) completion, charged."""
         async with self.run(request, record, principal) as run:
-            generation = await run.complete()
-        result = run.result
-        assert result is not None
+            await run.complete()
+        return self.completed(run)
+
+    @staticmethod
+    def completed(run: ChatRun) -> Completed:
+        """The ``chat.completion`` of a run that completed and was closed."""
+        generation, result = run.generation, run.result
+        assert generation is not None and result is not None
         usage = billed_usage(result.usage, result.cost)
         return Completed(generation.identity.completion(generation.builder, usage), result)
 

@@ -27,7 +27,6 @@ from datetime import timedelta
 
 from infermesh.accounts.records import Principal
 from infermesh.backoff import equal_jitter
-from infermesh.billing.service import billed_usage
 from infermesh.chat.run import ChatRun
 from infermesh.chat.service import ChatService
 from infermesh.errors import BackendError, InfermeshError, NoWorkerAvailable
@@ -55,10 +54,6 @@ class RunnerOptions:
     concurrent: int
     retention: timedelta
     concurrent_by_tier: Mapping[str, int] = field(default_factory=dict)
-
-
-class _Stopped(Exception):
-    """The job was taken from this gateway (its lease lost): stop, settle nothing."""
 
 
 class QueueRunner:
@@ -132,9 +127,14 @@ class QueueRunner:
     def stop(self, job_id: str) -> None:
         """Stop ``job_id`` now if it runs here (its cancel was asked for on this gateway;
         other gateways learn of it when they renew their leases)."""
+        self._cancel(job_id, "stopped")
+
+    def _cancel(self, job_id: str, why: str) -> None:
+        """Cancel the task running ``job_id`` here, saying why (``stopped``: its lease is
+        gone, see :meth:`_stopped`; ``shutdown``: the gateway stops)."""
         task = self._tasks.get(job_id)
         if task is not None:
-            self._why_stopped[job_id] = "stopped"
+            self._why_stopped[job_id] = why
             task.cancel()
 
     async def _per_account_limit(self) -> int | Callable[[int], int]:
@@ -150,10 +150,8 @@ class QueueRunner:
         """Stop the jobs running here; their leases lapse and another pass (here after
         a restart, or another gateway's) runs them again."""
         tasks = list(self._tasks.values())
-        for job_id in self._tasks:
-            self._why_stopped[job_id] = "shutdown"
-        for task in tasks:
-            task.cancel()
+        for job_id in list(self._tasks):
+            self._cancel(job_id, "shutdown")
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- one job ------------------------------------------------------------------------
@@ -175,9 +173,8 @@ class QueueRunner:
         ids = list(self._tasks)
         kept = await self._queue.renew(self.owner, ids, lease=self._options.lease)
         for job_id in ids:
-            if job_id not in kept and job_id in self._tasks:
-                self._why_stopped[job_id] = "stopped"
-                self._tasks[job_id].cancel()
+            if job_id not in kept:
+                self._cancel(job_id, "stopped")
 
     def _purge_every(self) -> float:
         """Ended jobs are deleted within half their retention (at most a minute late)."""
@@ -217,7 +214,7 @@ class QueueRunner:
         self._runs[job.id] = run
         try:
             async with run:
-                generation = await run.complete()
+                await run.complete()
         except InfermeshError as exc:
             if _retryable(exc):
                 await self._retry(job, exc)
@@ -225,10 +222,7 @@ class QueueRunner:
                 await self._settle(job, run)  # nothing served: its hold comes back
                 await self._end(job, "failed", exc)
             return
-        result = run.result
-        assert result is not None
-        usage = billed_usage(result.usage, result.cost)
-        completion = generation.identity.completion(generation.builder, usage)
+        completion = chat.completed(run).completion
         await self._settle(job, run)
         completed = await self._queue.complete(
             self.owner,
