@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -227,6 +227,22 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds a posted transaction hash may stay unseen on chain before "
         "its top-up fails as not found",
+    )
+
+    payments_relayer_key: SecretStr | None = Field(
+        default=None,
+        description="private key of the relayer that sends permit top-ups (it pays their "
+        "gas in ETH); permit top-ups are off without it",
+    )
+    payments_treasury_key: SecretStr | None = Field(
+        default=None,
+        description="private key of the treasury, which signs operator payouts; payouts "
+        "are off without it",
+    )
+    payments_payout_minimum: int = Field(
+        default=10_000_000,
+        ge=1,
+        description="the smallest payout sent to an operator, in micro-USD",
     )
 
     @property

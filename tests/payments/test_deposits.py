@@ -343,7 +343,7 @@ def test_two_gateways_on_one_postgresql_credit_each_deposit_once(
 def test_the_configured_token_passes_the_domain_check(
     usdc: Usdc, gateway: RunningGateway, http: httpx.Client
 ) -> None:
-    deposits = gateway.app.state.services.deposits
+    deposits = gateway.app.state.services.payments.deposits
     wait_until(lambda: deposits._chain_checked, timeout=30, what="the chain checked")
     assert deposits.misconfigured is None
 
@@ -353,7 +353,7 @@ def test_a_token_with_another_eip712_name_credits_nothing(usdc: Usdc, tmp_path: 
     misnamed = Usdc(usdc.anvil, deploy_token(usdc.anvil.w3, name="USDC"), usdc.treasury)
     settings = {**payment_settings(misnamed), "payments_usdc_name": "USD Coin"}
     with start_gateway(tmp_path, **settings) as running, running.http() as http:
-        deposits = running.app.state.services.deposits
+        deposits = running.app.state.services.payments.deposits
         wait_until(lambda: deposits.misconfigured is not None, timeout=30, what="a mismatch")
         assert "'USD Coin'" in deposits.misconfigured
         assert misnamed.token.address.lower() in deposits.misconfigured.lower()

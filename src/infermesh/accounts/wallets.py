@@ -19,6 +19,7 @@ from infermesh.accounts.records import CreatedKey
 from infermesh.accounts.service import AccountService
 from infermesh.accounts.siwe import (
     SignInRefused,
+    SiweMessage,
     check_message,
     check_signer,
     parse_message,
@@ -132,21 +133,53 @@ class WalletSignIn:
 
         Every refusal is a :class:`SignInRefused` (401) with a code saying why. The
         nonce is consumed only by a message its wallet really signed."""
+        parsed = await self._checked(message, signature)
+        name, created = await self._consume_and_bind(parsed.nonce, parsed.address.lower())
+        key = await self._accounts.create_key(name, name=KEY_NAME, create_account=False)
+        return WalletSession(account=name, address=parsed.address, created=created, key=key)
+
+    async def prove(self, message: str, signature: str) -> str:
+        """Check a signed EIP-4361 message as :meth:`sign_in` does and consume its nonce,
+        without signing in: the wallet's address, lowercase (to bind it to the caller's
+        account, as a payout wallet)."""
+        parsed = await self._checked(message, signature)
+        async with self._db.session() as session, session.begin():
+            await self._consume(session, parsed.nonce, self._clock())
+        return parsed.address.lower()
+
+    async def _checked(self, message: str, signature: str) -> SiweMessage:
+        """The parsed message, if it names what it must and its wallet signed it."""
         parsed = parse_message(message)
-        now = self._clock()
         options = self.options
         check_message(
             parsed,
             domain=options.domain,
             chain_ids=options.chain_ids,
-            now=now,
+            now=self._clock(),
             max_age=options.nonce_ttl,
         )
         raw_signature = parse_signature(signature)
         check_signer(parsed, await asyncio.to_thread(recover_signer, message, raw_signature))
-        name, created = await self._consume_and_bind(parsed.nonce, parsed.address.lower())
-        key = await self._accounts.create_key(name, name=KEY_NAME, create_account=False)
-        return WalletSession(account=name, address=parsed.address, created=created, key=key)
+        return parsed
+
+    async def _consume(self, session: AsyncSession, nonce: str, now: datetime) -> None:
+        """Mark ``nonce`` used, in the caller's transaction; :class:`NonceInvalid` if it
+        is unknown, used or expired."""
+        consumed = await session.execute(
+            update(WalletNonce)
+            .where(
+                WalletNonce.nonce == nonce,
+                WalletNonce.used_at.is_(None),
+                WalletNonce.expires_at > now,
+            )
+            .values(used_at=now)
+        )
+        if cast(CursorResult[Any], consumed).rowcount != 1:
+            raise NonceInvalid(
+                "The message's nonce is unknown, used or expired; get a new one from "
+                "GET /v1/auth/wallet/nonce and sign again.",
+                param="message",
+            )
 
     async def _full_until(self, session: AsyncSession, now: datetime) -> datetime | None:
         """When the soonest outstanding nonce expires, if there are ``max_nonces``."""
@@ -166,21 +199,7 @@ class WalletSignIn:
         transaction: a refusal consumes nothing. The account's name, and whether it is new."""
         now = self._clock()
         async with self._db.session() as session, session.begin():
-            consumed = await session.execute(
-                update(WalletNonce)
-                .where(
-                    WalletNonce.nonce == nonce,
-                    WalletNonce.used_at.is_(None),
-                    WalletNonce.expires_at > now,
-                )
-                .values(used_at=now)
-            )
-            if cast(CursorResult[Any], consumed).rowcount != 1:
-                raise NonceInvalid(
-                    "The message's nonce is unknown, used or expired; get a new one from "
-                    "GET /v1/auth/wallet/nonce and sign again.",
-                    param="message",
-                )
+            await self._consume(session, nonce, now)
             await transaction_lock(session, f"infermesh.wallets.{address}")
             bound = await session.scalar(
                 select(Account.name)

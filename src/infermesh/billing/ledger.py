@@ -103,6 +103,30 @@ class CreditLedger:
         _rows.append(session, row[account_id], kind, amount, 0, reference, reason, self._clock)
         return _rows.record(row[account_id])
 
+    async def debit_in(
+        self,
+        session: AsyncSession,
+        account_id: int,
+        amount: int,
+        *,
+        kind: str,
+        reference: str,
+        reason: str | None,
+    ) -> BalanceRecord:
+        """Take ``amount`` from the account's available balance (a payout), inside the
+        caller's transaction; :class:`InsufficientCredits` if it is not available. A
+        repeated reference fails the caller's commit with an ``IntegrityError``."""
+        if not 0 < amount <= MAX_GRANT:
+            raise InvalidRequest("A debit must be more than 0 and at most the largest grant.")
+        row = (await _rows.lock_balances(session, [account_id]))[account_id]
+        if amount > row.balance - row.held:
+            raise InsufficientCredits(
+                f"${format_usd(amount)} is more than the account's available "
+                f"${format_usd(max(row.balance - row.held, 0))}."
+            )
+        _rows.append(session, row, kind, -amount, 0, reference, reason, self._clock)
+        return _rows.record(row)
+
     async def hold(self, account_id: int, hold_id: str, amount: int, *, ttl: timedelta) -> int:
         """Hold ``amount`` for the request ``hold_id``; the available balance left after.
 

@@ -11,6 +11,7 @@ from infermesh.cli.keys import keys_app
 from infermesh.cli.limits import limits_app
 from infermesh.cli.models import models_app
 from infermesh.cli.payments import payments
+from infermesh.cli.payouts import payouts_app
 from infermesh.cli.serve import serve
 from infermesh.cli.worker import worker
 from infermesh.cli.workers import workers_app
@@ -25,6 +26,7 @@ app.command()(serve)
 app.command("worker")(worker)
 app.command("payments")(payments)
 app.add_typer(keys_app, name="keys")
+app.add_typer(payouts_app, name="payouts")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")

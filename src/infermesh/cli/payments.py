@@ -1,5 +1,5 @@
-"""``infermesh payments``: the configured USDC network, the node as it answers now,
-and the newest deposits of all accounts."""
+"""``infermesh payments``: the configured USDC network, the node as it answers now (with
+the treasury's USDC and the relayer's gas money), and the newest deposits of all accounts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -20,8 +21,10 @@ from infermesh.config import Settings
 from infermesh.payments.chain import ChainUnavailable, Web3Chain
 from infermesh.payments.history import recent_deposits
 from infermesh.payments.networks import resolve_network
+from infermesh.payments.outbox import Signer
 from infermesh.payments.records import DepositRecord
 from infermesh.payments.token_domain import TokenDomain, domain_mismatch
+from infermesh.payments.usdc import read_uint
 
 UNREACHABLE = "unreachable"
 Limit = Annotated[int, typer.Option("--limit", min=1, max=500, help="How many deposits.")]
@@ -39,7 +42,21 @@ def _configured(settings: Settings) -> dict[str, object]:
         "treasury": settings.payments_treasury,
         "confirmations": settings.payments_confirmations,
         "min_deposit": settings.payments_min_deposit,
+        "relayer": _address_of(settings.payments_relayer_key),
+        "payout_minimum": settings.payments_payout_minimum,
+        "payouts_enabled": settings.payments_treasury_key is not None,
     }
+
+
+def _address_of(key: SecretStr | None) -> str | None:
+    """The address of a configured key (never the key); "invalid" if it is not one."""
+    if key is None:
+        return None
+    try:
+        address: str = Signer(key.get_secret_value().strip()).address
+        return address
+    except Exception:  # eth-account's errors for a malformed key vary
+        return "invalid key"
 
 
 async def _read_node(settings: Settings) -> dict[str, object]:
@@ -53,17 +70,48 @@ async def _read_node(settings: Settings) -> dict[str, object]:
             network.usdc_name, network.usdc_version, network.chain_id, network.usdc_address
         )
         matches = await domain_mismatch(chain, domain) is None
+        treasury_usdc = await _usdc_of(chain, network.usdc_address, settings.payments_treasury)
+        relayer = _address_of(settings.payments_relayer_key)
+        relayer_wei = await chain.balance(relayer) if relayer and relayer[:2] == "0x" else None
     except ChainUnavailable:
-        return {"head_block": UNREACHABLE, "node_chain_id": UNREACHABLE, "domain_matches": None}
+        return {
+            "head_block": UNREACHABLE,
+            "node_chain_id": UNREACHABLE,
+            "domain_matches": None,
+            "treasury_usdc_micro": UNREACHABLE,
+            "relayer_eth_wei": UNREACHABLE,
+        }
     finally:
         await chain.close()
-    return {"head_block": head, "node_chain_id": node_chain_id, "domain_matches": matches}
+    return {
+        "head_block": head,
+        "node_chain_id": node_chain_id,
+        "domain_matches": matches,
+        "treasury_usdc_micro": treasury_usdc,
+        "relayer_eth_wei": relayer_wei,
+    }
+
+
+async def _usdc_of(chain: Web3Chain, usdc: str, holder: str | None) -> int | None:
+    """The USDC ``holder`` has (None when the token cannot say, e.g. a wrong address)."""
+    if holder is None:
+        return None
+    try:
+        return await read_uint(chain, usdc, "balanceOf(address)", holder)
+    except ChainUnavailable:
+        return None
 
 
 def _live(settings: Settings) -> dict[str, object]:
     """What the node says now; "unreachable" fields when it does not answer."""
     if not settings.payments_enabled:
-        return {"head_block": None, "node_chain_id": None, "domain_matches": None}
+        return {
+            "head_block": None,
+            "node_chain_id": None,
+            "domain_matches": None,
+            "treasury_usdc_micro": None,
+            "relayer_eth_wei": None,
+        }
     return asyncio.run(_read_node(settings))
 
 

@@ -115,7 +115,7 @@ def create_app(
             job_runner=jobs.runner,
             webhook_secrets=jobs.secrets,
             wallets=build_wallets(settings, database, accounts),
-            deposits=topups.service if topups else None,
+            payments=topups,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
@@ -172,6 +172,7 @@ def create_app(
     app.include_router(wallet.router)
     app.include_router(payments.router)
     app.include_router(admin.router)
+    app.include_router(payments.admin_router)
     app.include_router(limits.router)
     app.include_router(limits.admin_router)
     app.add_middleware(

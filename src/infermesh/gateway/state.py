@@ -18,7 +18,7 @@ from infermesh.jobs.service import JobService
 from infermesh.jobs.webhook_secrets import WebhookSecrets
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
-from infermesh.payments.deposits import DepositService
+from infermesh.payments.setup import PaymentParts
 from infermesh.store.database import Database
 from infermesh.telemetry import Metrics
 
@@ -43,5 +43,5 @@ class Services:
     job_runner: QueueRunner
     webhook_secrets: WebhookSecrets
     wallets: WalletSignIn
-    deposits: DepositService | None = None
-    """USDC top-ups; None when payments are not configured."""
+    payments: PaymentParts | None = None
+    """USDC top-ups and payouts; None when payments are not configured."""

@@ -69,7 +69,8 @@ class ClaimBook:
 
     async def _check_room(self, session: AsyncSession, account_id: int) -> None:
         query = select(func.count()).where(
-            DepositClaim.account_id == account_id, DepositClaim.status == "received"
+            DepositClaim.account_id == account_id,
+            DepositClaim.status.in_(("received", "submitted")),
         )
         unseen: int = await session.scalar(query) or 0
         if unseen >= self._options.max_open_claims:
@@ -92,7 +93,10 @@ class ClaimBook:
         )
         async with self._db.session(read_only=True) as session:
             rows = (await session.scalars(query)).all()
-        return [OpenClaim(row.id, row.account_id, row.tx_hash, row.created_at) for row in rows]
+        return [
+            OpenClaim(row.id, row.account_id, row.tx_hash, row.created_at, row.relayed)
+            for row in rows
+        ]
 
     async def records(
         self, account_id: int, *, claim_id: int | None = None, limit: int = 100

@@ -62,22 +62,25 @@ class DepositProgress:
 
     async def unseen(self, claim: OpenClaim) -> None:
         """The transaction is not (or no longer) mined: its deposits go back to
-        ``received``; past the claim's time to live, the claim fails as not found."""
+        ``received`` (the claim to ``submitted`` if the gateway sent it); past the
+        claim's time to live, a claim the gateway did not send fails as not found (one
+        it sent may still be mined: it waits until mined or dropped)."""
         now = self._clock()
-        expired = now - claim.created_at > self._options.claim_ttl
+        expired = not claim.relayed and now - claim.created_at > self._options.claim_ttl
         async with self._db.session() as session, session.begin():
             row = await _lock_open_claim(session, claim.id)
             if row is None:
                 return
             deposits = await _deposits(session, claim.id)
             if expired and not any(d.status == "credited" for d in deposits):
-                _fail(row, deposits, "The transaction was not found on chain in time.", now)
+                error = "The transaction was not found on chain in time."
+                _fail(row, deposits, error, now, status="expired")
                 return
             for deposit in _open(deposits):
                 deposit.status, deposit.confirmations = "received", 0
                 deposit.block_number = deposit.block_hash = None
                 deposit.updated_at = now
-            row.status, row.updated_at = "received", now
+            row.status, row.updated_at = ("submitted" if claim.relayed else "received"), now
 
     async def fail(self, claim: OpenClaim, error: str) -> None:
         """The transaction failed, or holds no USDC transfer to the treasury."""
@@ -199,8 +202,15 @@ def _place(deposit: Deposit, sighting: Sighting, now: datetime) -> None:
     deposit.updated_at = now
 
 
-def _fail(row: DepositClaim, deposits: Sequence[Deposit], error: str, now: datetime) -> None:
-    row.status, row.error, row.updated_at = "failed", error, now
+def _fail(
+    row: DepositClaim,
+    deposits: Sequence[Deposit],
+    error: str,
+    now: datetime,
+    *,
+    status: str = "failed",
+) -> None:
+    row.status, row.error, row.updated_at = status, error, now
     for deposit in _open(deposits):
         deposit.status, deposit.error, deposit.updated_at = "failed", error, now
 

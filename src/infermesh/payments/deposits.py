@@ -1,5 +1,6 @@
-"""USDC top-ups by transaction hash: an account posts the hash of a transfer it sent to
-the treasury; the watcher credits each transfer once it is deep enough in the chain.
+"""USDC deposits: an account posts the hash of a transfer it sent to the treasury (or
+the relayer sent one for its permit, :mod:`~infermesh.payments.permits`); the watcher
+credits each transfer once it is deep enough in the chain.
 
 Credit never comes from what a request says: a claim only names a transaction, and
 the amount, the sender and the recipient are read from the chain's receipt.
@@ -15,6 +16,7 @@ from infermesh.billing.ledger import CreditLedger
 from infermesh.payments._claims import ClaimBook
 from infermesh.payments._progress import DepositProgress, Sighting
 from infermesh.payments.chain import Chain, ChainUnavailable, Receipt
+from infermesh.payments.outbox import Outbox
 from infermesh.payments.records import DepositOptions, DepositRecord, OpenClaim
 from infermesh.payments.token_domain import TokenDomain, domain_mismatch
 from infermesh.payments.transfers import parse_tx_hash, transfers_to
@@ -33,10 +35,12 @@ class DepositService:
         chain: Chain,
         options: DepositOptions,
         *,
+        outbox: Outbox | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.options = options
         self.chain = chain
+        self._outbox = outbox
         self._claims = ClaimBook(db, options, clock=clock)
         self._progress = DepositProgress(db, ledger, options, clock=clock)
         self._chain_checked = False
@@ -51,6 +55,10 @@ class DepositService:
         same); its deposits as they are now. :class:`Conflict` if another account did."""
         tx = parse_tx_hash(tx_hash)
         claim_id = await self._claims.add(account_id, tx)
+        return await self._claims.records(account_id, claim_id=claim_id)
+
+    async def records(self, account_id: int, *, claim_id: int) -> list[DepositRecord]:
+        """The deposits of one of the account's claims."""
         return await self._claims.records(account_id, claim_id=claim_id)
 
     async def list(self, account_id: int, *, limit: int = 100) -> list[DepositRecord]:
@@ -89,6 +97,11 @@ class DepositService:
     async def _examine(self, claim: OpenClaim, head: int) -> None:
         receipt = await self.chain.receipt(claim.tx_hash)
         if receipt is None:
+            if claim.relayed and await self._dropped(claim.tx_hash):
+                await self._progress.fail(
+                    claim, "The relayer's transaction was replaced and can never be mined."
+                )
+                return
             await self._progress.unseen(claim)
             return
         if not receipt.succeeded:
@@ -104,6 +117,12 @@ class DepositService:
         confirmations = max(head - receipt.block_number + 1, 0)
         final = confirmations >= options.confirmations and await self._canonical(receipt)
         await self._progress.seen(claim, Sighting(receipt, transfers, confirmations, final))
+
+    async def _dropped(self, tx_hash: str) -> bool:
+        """Whether the gateway's own transaction ``tx_hash`` can never be mined."""
+        if self._outbox is None:
+            return False
+        return (await self._outbox.statuses([tx_hash])).get(tx_hash) == "dropped"
 
     async def _canonical(self, receipt: Receipt) -> bool:
         """Whether the receipt's block is still the chain's block at its height."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-OPEN_CLAIM = ("received", "mined")
+OPEN_CLAIM = ("received", "submitted", "mined")
 """Claims the watcher still examines."""
 FINAL_DEPOSIT = ("credited", "failed")
 """Deposits that never change again."""
@@ -38,6 +38,7 @@ class OpenClaim:
     account_id: int
     tx_hash: str
     created_at: datetime
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Building a gateway's USDC top-ups (service and watcher) from its settings."""
+"""Building a gateway's USDC payments (deposits, permit top-ups, payouts and the watcher
+that follows them) from its settings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic import SecretStr
+
 from infermesh.billing.ledger import CreditLedger
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
@@ -16,6 +19,9 @@ from infermesh.payments.chain import Web3Chain
 from infermesh.payments.deposits import DepositService
 from infermesh.payments.lease import WatcherLease
 from infermesh.payments.networks import resolve_network
+from infermesh.payments.outbox import Outbox, Signer
+from infermesh.payments.payouts import PayoutOptions, PayoutService
+from infermesh.payments.permits import PermitTopups
 from infermesh.payments.records import DepositOptions
 from infermesh.payments.transfers import parse_address
 from infermesh.payments.watcher import DepositWatcher
@@ -28,10 +34,15 @@ WATCHER_LEASE = "deposits"
 
 @dataclass
 class PaymentParts:
-    """A gateway's deposit service and its watcher (with the task that runs it)."""
+    """A gateway's USDC payments: deposits by hash, permit top-ups (with a relayer key),
+    operator payouts, the outbox of transactions the gateway sends, and the watcher
+    (with the task that runs it)."""
 
-    service: DepositService
+    deposits: DepositService
+    outbox: Outbox
+    payouts: PayoutService
     watcher: DepositWatcher
+    permits: PermitTopups | None = None
     task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -70,7 +81,7 @@ def deposit_options(settings: Settings) -> DepositOptions:
 def build_payments(
     settings: Settings, database: Database, ledger: CreditLedger
 ) -> PaymentParts | None:
-    """USDC top-ups, when a node, the token and the treasury are configured; else None."""
+    """USDC payments, when a node, the token and the treasury are configured; else None."""
     if not settings.payments_enabled:
         named = (settings.payments_rpc_url, settings.payments_usdc_address)
         if any(named) or settings.payments_treasury:
@@ -82,7 +93,18 @@ def build_payments(
         return None
     options = deposit_options(settings)
     assert settings.payments_rpc_url is not None  # payments_enabled says so
-    service = DepositService(database, ledger, Web3Chain(settings.payments_rpc_url), options)
+    chain = Web3Chain(settings.payments_rpc_url)
+    outbox = Outbox(database, chain, chain_id=options.chain_id, confirmations=options.confirmations)
+    deposits = DepositService(database, ledger, chain, options, outbox=outbox)
+    payouts = PayoutService(
+        database,
+        ledger,
+        outbox,
+        PayoutOptions(options.chain_id, options.usdc, settings.payments_payout_minimum),
+        treasury=_signer(settings.payments_treasury_key, "TREASURY_KEY", options.treasury),
+    )
+    relayer = _signer(settings.payments_relayer_key, "RELAYER_KEY", None)
+    permits = None if relayer is None else PermitTopups(database, chain, outbox, relayer, options)
     interval = settings.payments_poll_interval
     lease = WatcherLease(
         database,
@@ -90,4 +112,22 @@ def build_payments(
         owner=f"gw_{secrets.token_hex(8)}",
         duration=timedelta(seconds=max(5 * interval, 10.0)),
     )
-    return PaymentParts(service, DepositWatcher(service, lease, interval=interval))
+    watcher = DepositWatcher(deposits, lease, interval=interval, outbox=outbox, payouts=payouts)
+    return PaymentParts(deposits, outbox, payouts, watcher, permits)
+
+
+def _signer(key: SecretStr | None, name: str, expected: str | None) -> Signer | None:
+    """The signer of ``INFERMESH_PAYMENTS_<name>``; :class:`ConfigError` if the key is not
+    one, or is not the key of ``expected`` (the treasury's own address)."""
+    if key is None:
+        return None
+    try:
+        signer = Signer(key.get_secret_value().strip())
+    except Exception:  # eth-account's errors for a malformed key vary
+        raise ConfigError(f"INFERMESH_PAYMENTS_{name} is not a private key.") from None
+    if expected is not None and signer.address != expected:
+        raise ConfigError(
+            f"INFERMESH_PAYMENTS_{name} is the key of {signer.address}, not of the "
+            f"treasury {expected}."
+        )
+    return signer

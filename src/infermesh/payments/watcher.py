@@ -1,4 +1,4 @@
-"""The deposit watcher: a gateway's background task that looks at the chain now and
+"""The payments watcher: a gateway's background task that looks at the chain now and
 then, while it holds the watchers' lease."""
 
 from __future__ import annotations
@@ -9,18 +9,31 @@ import logging
 from infermesh.payments.chain import ChainUnavailable
 from infermesh.payments.deposits import DepositService
 from infermesh.payments.lease import WatcherLease
+from infermesh.payments.outbox import Outbox
+from infermesh.payments.payouts import PayoutService
 
 logger = logging.getLogger(__name__)
 
 
 class DepositWatcher:
-    """Runs :meth:`DepositService.watch_once` every ``interval`` seconds, on the one
-    gateway that holds ``lease``; the others wait to take over when it lapses."""
+    """Every ``interval`` seconds, on the one gateway that holds ``lease`` (the others
+    wait to take over when it lapses): follows the gateway's own transactions
+    (``outbox``), examines deposits, and settles payouts whose transfer ended."""
 
-    def __init__(self, service: DepositService, lease: WatcherLease, *, interval: float) -> None:
+    def __init__(
+        self,
+        service: DepositService,
+        lease: WatcherLease,
+        *,
+        interval: float,
+        outbox: Outbox | None = None,
+        payouts: PayoutService | None = None,
+    ) -> None:
         self._service = service
         self._lease = lease
         self._interval = interval
+        self._outbox = outbox
+        self._payouts = payouts
 
     async def run(self) -> None:
         """Watch forever (a background task; cancel it to stop)."""
@@ -33,7 +46,11 @@ class DepositWatcher:
         try:
             if not await self._lease.take():
                 return False
+            if self._outbox is not None:
+                await self._outbox.advance()
             await self._service.watch_once()
+            if self._payouts is not None:
+                await self._payouts.settle()
         except ChainUnavailable as exc:
             logger.warning("watching deposits: %s", exc.message)
         except Exception:

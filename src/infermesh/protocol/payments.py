@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from infermesh.protocol.base import WireModel
 from infermesh.protocol.credits import Amount
-
-
-class TopupRequest(WireModel):
-    """The hash of a USDC transfer to the treasury, sent from the caller's wallet."""
-
-    tx_hash: str = Field(max_length=100, description="0x followed by 64 hex digits")
 
 
 class DepositObject(WireModel):
@@ -25,7 +19,10 @@ class DepositObject(WireModel):
     tx_hash: str
     log_index: int | None
     amount: Amount
-    status: str = Field(description="received, mined, credited or failed")
+    status: str = Field(
+        description="received, submitted (sent by the relayer), mined, credited, failed "
+        "or expired (not seen on chain in time)"
+    )
     confirmations: int
     required_confirmations: int
     error: str | None
@@ -38,3 +35,109 @@ class DepositList(WireModel):
 
     object: Literal["list"] = "list"
     data: list[DepositObject]
+
+
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+_WORD = r"^0x[0-9a-fA-F]{64}$"
+UINT256_MAX = 2**256 - 1
+Uint256 = Annotated[int, Field(ge=0, le=UINT256_MAX)]
+
+
+class PermitBody(WireModel):
+    """An EIP-2612 permit of the caller's wallet for the relayer (``GET
+    /v1/credits/topup`` names it and the token's EIP-712 domain). ``value`` is in
+    USDC base units (6 decimals); integers may be given as strings of digits. The
+    signature is ``v``, ``r`` and ``s``, or one 65-byte ``signature``
+    (``eth_signTypedData_v4``'s answer). ``nonce`` is the owner's permit nonce signed;
+    omitted, the token's current one is assumed."""
+
+    owner: str = Field(pattern=_ADDRESS)
+    spender: str | None = Field(default=None, pattern=_ADDRESS)
+    value: Uint256
+    deadline: Uint256
+    nonce: Uint256 | None = None
+    v: int | None = Field(default=None, ge=0, le=255)
+    r: str | None = Field(default=None, pattern=_WORD)
+    s: str | None = Field(default=None, pattern=_WORD)
+    signature: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class TopupRequest(WireModel):
+    """A USDC top-up: the hash of a transfer to the treasury sent from the caller's
+    wallet, or a permit for the relayer to make that transfer (exactly one)."""
+
+    tx_hash: str | None = Field(default=None, max_length=100, description="0x and 64 hex digits")
+    permit: PermitBody | None = None
+
+
+class TokenObject(WireModel):
+    """The USDC contract and its EIP-712 domain (what a permit is signed under)."""
+
+    address: str
+    chain_id: int
+    name: str
+    version: str
+    decimals: int = 6
+
+
+class TopupOptions(WireModel):
+    """How to top up on this gateway: send USDC to ``treasury`` and post the hash, or
+    sign a permit for ``relayer`` (None: permit top-ups are off) with a deadline at
+    least ``min_permit_window`` seconds away."""
+
+    object: Literal["topup_options"] = "topup_options"
+    token: TokenObject
+    treasury: str
+    relayer: str | None
+    min_deposit: Amount
+    confirmations: int
+    min_permit_window: int
+
+
+class PayoutWalletRequest(WireModel):
+    """An EIP-4361 message signed by the wallet to be paid to (its nonce from
+    ``GET /v1/auth/wallet/nonce``), as at sign-in."""
+
+    message: str = Field(max_length=4096)
+    signature: str = Field(max_length=200)
+
+
+class PayoutObject(WireModel):
+    """One payout: USDC sent from the treasury to an operator's wallet. ``status``:
+    sent (until its transfer is final), paid, or failed (the amount was credited back)."""
+
+    object: Literal["payout"] = "payout"
+    id: str
+    account: str
+    address: str
+    amount: Amount
+    status: str
+    tx_hash: str
+    error: str | None
+    created: int
+    paid: int | None
+
+
+class EarningsObject(WireModel):
+    """An operator's earnings: in all, paid out, in payouts under way, still owed (of
+    which ``payable`` now, up to its available balance), the payout minimum, the wallet
+    paid to, and its newest payouts."""
+
+    object: Literal["operator_earnings"] = "operator_earnings"
+    account: str
+    payout_wallet: str | None
+    earned: Amount
+    paid: Amount
+    pending: Amount
+    unpaid: Amount
+    payable: Amount
+    minimum: Amount
+    payouts: list[PayoutObject]
+
+
+class PayoutRunObject(WireModel):
+    """What a payout run did: the payouts it sent and the operators it passed over."""
+
+    object: Literal["payout_run"] = "payout_run"
+    sent: list[PayoutObject]
+    skipped: list[dict[str, str]]

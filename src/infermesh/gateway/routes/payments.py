@@ -1,53 +1,190 @@
-"""``POST /v1/credits/topup`` and ``GET /v1/credits/deposits``: USDC top-ups by
-transaction hash (an API key is needed; payments must be configured)."""
+"""USDC payments: ``/v1/credits/topup`` (by transaction hash or by permit),
+``/v1/credits/deposits``, an operator's ``/v1/payouts``, and ``/admin/payouts``.
+Each needs a key (the admin key for ``/admin``) and payments configured."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from infermesh.errors import ServiceUnavailable
-from infermesh.gateway.deps import PrincipalDep, ServicesDep
+from fastapi import APIRouter, Query
+
+from infermesh.billing.views import amount
+from infermesh.errors import InvalidRequest, ServiceUnavailable
+from infermesh.gateway.deps import AdminDep, PrincipalDep, ServicesDep
 from infermesh.gateway.state import Services
-from infermesh.payments.deposits import DepositService
+from infermesh.payments.permits import MIN_PERMIT_WINDOW, PermitTopups
 from infermesh.payments.records import DepositRecord
-from infermesh.payments.views import deposit_list
-from infermesh.protocol.payments import DepositList, TopupRequest
+from infermesh.payments.setup import PaymentParts
+from infermesh.payments.usdc import Permit
+from infermesh.payments.views import deposit_list, earnings_view, payout_object, run_view
+from infermesh.protocol.payments import (
+    DepositList,
+    EarningsObject,
+    PayoutRunObject,
+    PayoutWalletRequest,
+    PermitBody,
+    TokenObject,
+    TopupOptions,
+    TopupRequest,
+)
 
 router = APIRouter()
+admin_router = APIRouter(prefix="/admin", dependencies=[AdminDep])
+
+
+@router.get("/v1/credits/topup")
+async def topup_options(services: ServicesDep) -> TopupOptions:
+    """Where to send USDC, whom a permit names as spender, and the token's domain."""
+    payments = _payments(services)
+    options = payments.deposits.options
+    return TopupOptions(
+        token=TokenObject(
+            address=options.usdc,
+            chain_id=options.chain_id,
+            name=options.usdc_name,
+            version=options.usdc_version,
+        ),
+        treasury=options.treasury,
+        relayer=payments.permits.relayer.address if payments.permits else None,
+        min_deposit=amount(options.min_deposit, services.billing.unit),
+        confirmations=options.confirmations,
+        min_permit_window=MIN_PERMIT_WINDOW,
+    )
 
 
 @router.post("/v1/credits/topup")
 async def topup(body: TopupRequest, principal: PrincipalDep, services: ServicesDep) -> DepositList:
-    """Claim a USDC transfer to the treasury, sent from the caller's wallet, by its
-    transaction hash; it is credited once it has enough confirmations."""
-    deposits = _deposits(services)
-    records = await deposits.claim(principal.account_id, body.tx_hash)
-    return _list(services, deposits, records)
+    """Top up with USDC: claim a transfer to the treasury sent from the caller's wallet
+    (``tx_hash``), or hand the relayer a permit to make it (``permit``). Credit comes
+    once the transfer has enough confirmations."""
+    payments = _payments(services)
+    if (body.tx_hash is None) == (body.permit is None):
+        raise InvalidRequest(
+            "Give exactly one of 'tx_hash' (a transfer you sent to the treasury) and "
+            "'permit' (an EIP-2612 permit for the relayer).",
+            param="tx_hash",
+        )
+    deposits = payments.deposits
+    if body.tx_hash is not None:
+        records = await deposits.claim(principal.account_id, body.tx_hash)
+    else:
+        assert body.permit is not None
+        permits = _permits(payments)
+        relayed = await permits.submit(principal.account_id, await _permit(body.permit, permits))
+        records = await deposits.records(principal.account_id, claim_id=relayed.claim_id)
+    return _list(services, payments, records)
 
 
 @router.get("/v1/credits/deposits")
 async def list_deposits(principal: PrincipalDep, services: ServicesDep) -> DepositList:
     """The caller's deposits, newest transaction first."""
-    deposits = _deposits(services)
-    return _list(services, deposits, await deposits.list(principal.account_id))
+    payments = _payments(services)
+    return _list(services, payments, await payments.deposits.list(principal.account_id))
 
 
-def _deposits(services: Services) -> DepositService:
-    if services.deposits is None:
+@router.post("/v1/payouts/wallet")
+async def bind_payout_wallet(
+    body: PayoutWalletRequest, principal: PrincipalDep, services: ServicesDep
+) -> EarningsObject:
+    """Be paid to the wallet that signed ``message`` (EIP-4361, a nonce from
+    ``GET /v1/auth/wallet/nonce``); the caller's earnings after."""
+    payments = _payments(services)
+    address = await services.wallets.prove(body.message, body.signature)
+    await payments.payouts.bind_wallet(principal.account_id, address)
+    return await _earnings(services, payments, principal.account_id)
+
+
+@router.get("/v1/payouts")
+async def operator_earnings(principal: PrincipalDep, services: ServicesDep) -> EarningsObject:
+    """The caller's earnings as an operator: earned, paid, pending, owed; its payouts."""
+    payments = _payments(services)
+    return await _earnings(services, payments, principal.account_id)
+
+
+@admin_router.post("/payouts/run")
+async def run_payouts(services: ServicesDep) -> PayoutRunObject:
+    """Pay every operator owed at least the minimum, one transfer each (as
+    ``infermesh payouts run``)."""
+    payments = _payments(services)
+    if not payments.payouts.can_pay:
         raise ServiceUnavailable(
-            "USDC top-ups are not enabled on this gateway: its operator must set "
+            "Payouts need the treasury's key: set INFERMESH_PAYMENTS_TREASURY_KEY.",
+            code="payouts_disabled",
+        )
+    await services.billing.flush()
+    return run_view(await payments.payouts.run(), services.billing.unit)
+
+
+@admin_router.get("/payouts")
+async def list_payouts(
+    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, object]:
+    """The newest payouts of all operators."""
+    payments = _payments(services)
+    unit = services.billing.unit
+    rows = await payments.payouts.recent(limit=limit)
+    return {"object": "list", "data": [payout_object(r, unit).model_dump() for r in rows]}
+
+
+def _payments(services: Services) -> PaymentParts:
+    if services.payments is None:
+        raise ServiceUnavailable(
+            "USDC payments are not enabled on this gateway: its operator must set "
             "INFERMESH_PAYMENTS_RPC_URL, INFERMESH_PAYMENTS_USDC_ADDRESS and "
             "INFERMESH_PAYMENTS_TREASURY.",
             code="payments_disabled",
         )
-    return services.deposits
+    return services.payments
 
 
-def _list(
-    services: Services, deposits: DepositService, records: list[DepositRecord]
-) -> DepositList:
+def _permits(payments: PaymentParts) -> PermitTopups:
+    if payments.permits is None:
+        raise ServiceUnavailable(
+            "Permit top-ups are not enabled on this gateway (it has no relayer); send "
+            "USDC to the treasury and post the transaction hash instead.",
+            code="permits_disabled",
+        )
+    return payments.permits
+
+
+async def _permit(body: PermitBody, permits: PermitTopups) -> Permit:
+    """The posted permit, with its signature split and its nonce filled in."""
+    if body.signature is not None:
+        raw = bytes.fromhex(body.signature[2:])
+        r, s, v = raw[:32], raw[32:64], raw[64]
+    elif body.v is not None and body.r is not None and body.s is not None:
+        r, s, v = bytes.fromhex(body.r[2:]), bytes.fromhex(body.s[2:]), body.v
+    else:
+        raise InvalidRequest(
+            "A permit needs its signature: 'signature', or 'v', 'r' and 's'.",
+            param="permit.signature",
+        )
+    if v in (0, 1):  # some wallets give the recovery id rather than 27/28
+        v += 27
+    nonce = body.nonce
+    if nonce is None:
+        nonce = await permits.current_nonce(body.owner.lower())
+    return Permit(
+        owner=body.owner.lower(),
+        spender=(body.spender or permits.relayer.address).lower(),
+        value=body.value,
+        nonce=nonce,
+        deadline=body.deadline,
+        v=v,
+        r=r,
+        s=s,
+    )
+
+
+def _list(services: Services, payments: PaymentParts, records: list[DepositRecord]) -> DepositList:
     return deposit_list(
         records,
-        required_confirmations=deposits.options.confirmations,
+        required_confirmations=payments.deposits.options.confirmations,
         unit=services.billing.unit,
     )
+
+
+async def _earnings(services: Services, payments: PaymentParts, account_id: int) -> EarningsObject:
+    await services.billing.flush()
+    record = await payments.payouts.earnings(account_id)
+    return earnings_view(record, services.billing.unit)

@@ -1,0 +1,228 @@
+"""USDC top-ups by EIP-2612 permit: the account's wallet signs a permit for the relayer,
+the relayer sends ``permit`` and then ``transferFrom(owner → treasury)``, and the
+deposit watcher credits the transfer's log like any other deposit.
+
+Before anything is signed the permit is checked off chain (its owner is the account's
+wallet, its spender the relayer, its amount and deadline in bounds, its signature the
+owner's for the chain's current nonce) and against the token (the owner holds the
+amount; ``permit`` would not revert). A permit is used once: the owner and permit nonce
+are unique, so a replay (or a second post racing the first) gets 409 and sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+
+from infermesh.billing.ledger import MAX_GRANT
+from infermesh.billing.money import format_usd
+from infermesh.errors import Conflict, Forbidden, InvalidRequest
+from infermesh.payments.chain import CallReverted, Chain
+from infermesh.payments.outbox import Call, Outbox, Signer
+from infermesh.payments.records import DepositOptions
+from infermesh.payments.token_domain import TokenDomain
+from infermesh.payments.usdc import Permit, read_uint, transfer_from_call
+from infermesh.store import Database, DepositClaim, PermitTopup, Wallet, utcnow
+
+logger = logging.getLogger(__name__)
+
+MIN_PERMIT_WINDOW = 120
+"""Seconds a permit's deadline must still leave for the relayer to get it mined."""
+TRANSFER_GAS = 120_000
+"""Gas of the relayer's ``transferFrom`` (USDC's takes about 60,000)."""
+_BIGINT_MAX = 2**63 - 1
+
+
+class PermitRefused(InvalidRequest):
+    """The permit cannot be relayed (``code`` and the message say why)."""
+
+    code = "permit_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedTopup:
+    """A permit accepted: the claim the watcher follows, and the relayer's transactions."""
+
+    claim_id: int
+    transfer_tx: str
+    permit_tx: str
+
+
+class PermitTopups:
+    """Checks posted permits and relays them; the deposit watcher does the rest."""
+
+    def __init__(
+        self,
+        db: Database,
+        chain: Chain,
+        outbox: Outbox,
+        relayer: Signer,
+        options: DepositOptions,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._chain = chain
+        self._outbox = outbox
+        self.relayer = relayer
+        self._options = options
+        self._clock = clock
+        self.domain = TokenDomain(
+            options.usdc_name, options.usdc_version, options.chain_id, options.usdc
+        )
+
+    async def current_nonce(self, owner: str) -> int:
+        """The owner's next permit nonce, as the token says now."""
+        return await read_uint(self._chain, self._options.usdc, "nonces(address)", owner)
+
+    async def submit(self, account_id: int, permit: Permit) -> RelayedTopup:
+        """Check ``permit`` and relay it for ``account_id``; the claim to follow."""
+        await self._check_terms(account_id, permit)
+        await self._check_on_chain(permit)
+        fees = await self._chain.fees()
+        calls = [
+            Call("permit", self._options.usdc, permit.call(), await self._permit_gas(permit)),
+            Call(
+                "transfer_from",
+                self._options.usdc,
+                transfer_from_call(permit.owner, self._options.treasury, permit.value),
+                TRANSFER_GAS,
+            ),
+        ]
+        now = self._clock()
+        try:
+            async with self._db.session() as session, session.begin():
+                if await session.scalar(self._used(permit)) is not None:
+                    raise _replayed()
+                sent = await self._outbox.store(session, self.relayer, calls, fees)
+                claim = DepositClaim(
+                    chain_id=self._options.chain_id,
+                    tx_hash=sent[1].tx_hash,
+                    account_id=account_id,
+                    status="submitted",
+                    relayed=True,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(claim)
+                await session.flush()
+                session.add(
+                    PermitTopup(
+                        chain_id=self._options.chain_id,
+                        owner=permit.owner,
+                        nonce=permit.nonce,
+                        account_id=account_id,
+                        value=permit.value,
+                        deadline=min(permit.deadline, _BIGINT_MAX),
+                        claim_id=claim.id,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:  # the same permit, posted at the same moment
+            raise _replayed() from None
+        await self._outbox.broadcast(sent)
+        logger.info("relaying a permit top-up of %s USDC", format_usd(permit.value))
+        return RelayedTopup(claim.id, sent[1].tx_hash, sent[0].tx_hash)
+
+    def _used(self, permit: Permit) -> Select[int]:
+        return select(PermitTopup.id).where(
+            PermitTopup.chain_id == self._options.chain_id,
+            PermitTopup.owner == permit.owner,
+            PermitTopup.nonce == permit.nonce,
+        )
+
+    async def _check_terms(self, account_id: int, permit: Permit) -> None:
+        async with self._db.session(read_only=True) as session:
+            wallet = await session.scalar(
+                select(Wallet.address).where(Wallet.account_id == account_id)
+            )
+        if wallet is None:
+            raise Forbidden(
+                "This account has no wallet: sign in with the wallet (POST /v1/auth/wallet) "
+                "and top up with that account's key.",
+                code="no_wallet",
+            )
+        if permit.owner != wallet:
+            raise PermitRefused(
+                f"The permit's owner {permit.owner} is not this account's wallet {wallet}.",
+                param="permit.owner",
+                code="permit_owner_mismatch",
+            )
+        if permit.spender != self.relayer.address:
+            raise PermitRefused(
+                f"The permit's spender must be the relayer {self.relayer.address}.",
+                param="permit.spender",
+                code="permit_spender_mismatch",
+            )
+        minimum = self._options.min_deposit
+        if not minimum <= permit.value <= MAX_GRANT:
+            raise PermitRefused(
+                f"The permit's value must be between {format_usd(minimum)} and "
+                f"{format_usd(MAX_GRANT)} USDC (in base units, 6 decimals).",
+                param="permit.value",
+                code="permit_amount_out_of_range",
+            )
+        left = permit.deadline - int(self._clock().timestamp())
+        if left < MIN_PERMIT_WINDOW:
+            raise PermitRefused(
+                f"The permit's deadline must be at least {MIN_PERMIT_WINDOW} seconds away "
+                "(it is past, or too close for the relayer to get it mined); sign a new one.",
+                param="permit.deadline",
+                code="permit_expired",
+            )
+
+    async def _check_on_chain(self, permit: Permit) -> None:
+        token = self._options.usdc
+        nonce = await self.current_nonce(permit.owner)
+        if permit.nonce != nonce:
+            raise PermitRefused(
+                f"The permit is for nonce {permit.nonce}, but the owner's next permit nonce "
+                f"is {nonce}: it was used already, or is not the next one. Sign a new one.",
+                param="permit.nonce",
+                code="permit_nonce_used" if permit.nonce < nonce else "permit_nonce_invalid",
+            )
+        if nonce > _BIGINT_MAX:
+            raise PermitRefused("The owner's permit nonce is out of range.", param="permit")
+        if permit.signer(self.domain) != permit.owner:
+            raise PermitRefused(
+                "The permit's signature is not the owner's for this token, chain, spender, "
+                "value, nonce and deadline.",
+                param="permit.signature",
+                code="permit_signature_invalid",
+            )
+        balance = await read_uint(self._chain, token, "balanceOf(address)", permit.owner)
+        if balance < permit.value:
+            raise PermitRefused(
+                f"The owner holds {format_usd(balance)} USDC, less than the permit's "
+                f"{format_usd(permit.value)}.",
+                param="permit.value",
+                code="insufficient_usdc",
+            )
+
+    async def _permit_gas(self, permit: Permit) -> int:
+        """The permit's gas, with room; refused if the token would revert it."""
+        try:
+            estimate = await self._chain.estimate_gas(
+                self.relayer.address, self._options.usdc, permit.call()
+            )
+        except CallReverted as exc:
+            raise PermitRefused(
+                f"The token refuses the permit: {exc.reason}",
+                param="permit",
+                code="permit_rejected",
+            ) from None
+        return estimate * 3 // 2
+
+
+def _replayed() -> Conflict:
+    return Conflict(
+        "This permit was posted already; a permit is relayed once. Its deposit is in "
+        "GET /v1/credits/deposits.",
+        param="permit",
+        code="permit_used",
+    )
