@@ -368,3 +368,35 @@ def test_a_token_with_another_eip712_name_credits_nothing(usdc: Usdc, tmp_path: 
         assert [d["status"] for d in deposits_of(http, user, tx_hash)] == ["received"]
         assert balance(http, user) == 0
         assert ledger_entries(running.settings, tx_hash) == 0
+
+
+@pytest.mark.anvil
+def test_deposits_come_in_pages_newest_first(http: httpx.Client) -> None:
+    user = sign_in(http)
+    hashes = ["0x" + f"{n:02x}" * 32 for n in (1, 2, 3)]
+    for tx_hash in hashes:
+        assert topup(http, user, tx_hash).status_code == 200
+    headers = {"Authorization": f"Bearer {user.key}"}
+
+    first = http.get("/v1/credits/deposits", params={"limit": 2}, headers=headers).json()
+    assert [d["tx_hash"] for d in first["data"]] == [hashes[2], hashes[1]]
+    assert first["has_more"] is True and first["last_id"] == first["data"][-1]["id"]
+    rest = http.get(
+        "/v1/credits/deposits", params={"limit": 2, "after": first["last_id"]}, headers=headers
+    ).json()
+    assert [d["tx_hash"] for d in rest["data"]] == [hashes[0]]
+    assert rest["has_more"] is False
+    everything = http.get("/v1/credits/deposits", headers=headers).json()
+    assert [d["tx_hash"] for d in everything["data"]] == hashes[::-1]
+
+    other = sign_in(http)  # another account's cursor is no cursor
+    response = http.get(
+        "/v1/credits/deposits",
+        params={"after": first["last_id"]},
+        headers={"Authorization": f"Bearer {other.key}"},
+    )
+    assert response.status_code == 404 and response.json()["error"]["param"] == "after"
+    for bad in ("dep_x", "claim_99999999999999999999", "nonsense"):
+        response = http.get("/v1/credits/deposits", params={"after": bad}, headers=headers)
+        assert response.status_code == 404, response.text
+    assert http.get("/v1/credits/deposits", params={"limit": 0}, headers=headers).status_code == 400

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from infermesh.errors import Conflict, RateLimited
+from infermesh.errors import Conflict, NotFound, RateLimited
 from infermesh.payments.records import OPEN_CLAIM, DepositOptions, DepositRecord, OpenClaim
 from infermesh.store import Database, Deposit, DepositClaim
 
@@ -81,6 +81,29 @@ class ClaimBook:
                 retry_after=60,
             )
 
+    async def claim_of(self, account_id: int, record_id: str) -> int:
+        """The claim of the account's deposit ``record_id`` (``dep_N`` or ``claim_N``);
+        :class:`NotFound` if it is not one of the account's."""
+        kind, _, number = record_id.partition("_")
+        found: int | None = None
+        if number.isdigit() and len(number) <= 18:
+            async with self._db.session(read_only=True) as session:
+                if kind == "dep":
+                    found = await session.scalar(
+                        select(Deposit.claim_id).where(
+                            Deposit.id == int(number), Deposit.account_id == account_id
+                        )
+                    )
+                elif kind == "claim":
+                    found = await session.scalar(
+                        select(DepositClaim.id).where(
+                            DepositClaim.id == int(number), DepositClaim.account_id == account_id
+                        )
+                    )
+        if found is None:
+            raise NotFound(f"No deposit '{record_id}' to page after.", param="after")
+        return found
+
     async def open(self) -> list[OpenClaim]:
         """The claims the watcher still examines, oldest first."""
         query = (
@@ -99,12 +122,20 @@ class ClaimBook:
         ]
 
     async def records(
-        self, account_id: int, *, claim_id: int | None = None, limit: int = 100
+        self,
+        account_id: int,
+        *,
+        claim_id: int | None = None,
+        limit: int = 100,
+        before_claim: int | None = None,
     ) -> list[DepositRecord]:
-        """The account's deposits, newest claim first (only those of ``claim_id`` if given)."""
+        """The deposits of the account's ``limit`` newest claims, newest first (only
+        those of ``claim_id`` if given; only claims older than ``before_claim`` if given)."""
         query = select(DepositClaim).where(DepositClaim.account_id == account_id)
         if claim_id is not None:
             query = query.where(DepositClaim.id == claim_id)
+        if before_claim is not None:
+            query = query.where(DepositClaim.id < before_claim)
         query = query.order_by(DepositClaim.id.desc()).limit(limit)
         async with self._db.session(read_only=True) as session:
             claims = (await session.scalars(query)).all()
@@ -136,6 +167,7 @@ def claim_records(
 def _deposit_record(row: Deposit) -> DepositRecord:
     return DepositRecord(
         id=f"dep_{row.id}",
+        claim_id=row.claim_id,
         tx_hash=row.tx_hash,
         log_index=row.log_index,
         amount=row.amount,
@@ -150,6 +182,7 @@ def _deposit_record(row: Deposit) -> DepositRecord:
 def _claim_record(row: DepositClaim) -> DepositRecord:
     return DepositRecord(
         id=f"claim_{row.id}",
+        claim_id=row.id,
         tx_hash=row.tx_hash,
         log_index=None,
         amount=0,

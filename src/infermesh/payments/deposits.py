@@ -61,6 +61,21 @@ class DepositService:
         """The deposits of one of the account's claims."""
         return await self._claims.records(account_id, claim_id=claim_id)
 
+    async def page(
+        self, account_id: int, *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[DepositRecord], bool]:
+        """The deposits of the account's ``limit`` newest transactions, newest first,
+        after the deposit ``after`` (the last of the previous page); and whether there
+        are more. :class:`NotFound` for an ``after`` that is not one of its deposits."""
+        before = None
+        if after is not None:
+            before = await self._claims.claim_of(account_id, after)
+        records = await self._claims.records(account_id, limit=limit + 1, before_claim=before)
+        claims = list(dict.fromkeys(record.claim_id for record in records))
+        if len(claims) <= limit:
+            return records, False
+        return [r for r in records if r.claim_id in claims[:limit]], True
+
     async def list(self, account_id: int, *, limit: int = 100) -> list[DepositRecord]:
         """The account's deposits, newest first."""
         return await self._claims.records(account_id, limit=limit)

@@ -47,6 +47,7 @@ class DepositRecord:
     found yet (or that failed as a whole) is one record without ``log_index``."""
 
     id: str
+    claim_id: int
     tx_hash: str
     log_index: int | None
     amount: int

@@ -18,10 +18,15 @@ from infermesh.protocol.payments import (
 
 
 def deposit_list(
-    records: Sequence[DepositRecord], *, required_confirmations: int, unit: CreditUnit
+    records: Sequence[DepositRecord],
+    *,
+    required_confirmations: int,
+    unit: CreditUnit,
+    has_more: bool = False,
 ) -> DepositList:
-    """``records`` as ``{"object": "list", "data": [...]}``."""
-    return DepositList(data=[_deposit(record, required_confirmations, unit) for record in records])
+    """``records`` as ``{"object": "list", "data": [...], "has_more", "last_id"}``."""
+    data = [_deposit(record, required_confirmations, unit) for record in records]
+    return DepositList(data=data, has_more=has_more, last_id=data[-1].id if data else None)
 
 
 def _deposit(record: DepositRecord, required: int, unit: CreditUnit) -> DepositObject:

@@ -31,10 +31,13 @@ class DepositObject(WireModel):
 
 
 class DepositList(WireModel):
-    """Deposits, newest transaction first."""
+    """Deposits, newest transaction first; ``has_more`` when older ones follow (pass
+    ``last_id`` as ``after`` for the next page)."""
 
     object: Literal["list"] = "list"
     data: list[DepositObject]
+    has_more: bool = False
+    last_id: str | None = None
 
 
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"

@@ -76,10 +76,17 @@ async def topup(body: TopupRequest, principal: PrincipalDep, services: ServicesD
 
 
 @router.get("/v1/credits/deposits")
-async def list_deposits(principal: PrincipalDep, services: ServicesDep) -> DepositList:
-    """The caller's deposits, newest transaction first."""
+async def list_deposits(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+) -> DepositList:
+    """The caller's deposits, newest transaction first, ``limit`` transactions at a
+    time (``after``: the ``last_id`` of the previous page)."""
     payments = _payments(services)
-    return _list(services, payments, await payments.deposits.list(principal.account_id))
+    records, has_more = await payments.deposits.page(principal.account_id, limit=limit, after=after)
+    return _list(services, payments, records, has_more=has_more)
 
 
 @router.post("/v1/payouts/wallet")
@@ -176,11 +183,18 @@ async def _permit(body: PermitBody, permits: PermitTopups) -> Permit:
     )
 
 
-def _list(services: Services, payments: PaymentParts, records: list[DepositRecord]) -> DepositList:
+def _list(
+    services: Services,
+    payments: PaymentParts,
+    records: list[DepositRecord],
+    *,
+    has_more: bool = False,
+) -> DepositList:
     return deposit_list(
         records,
         required_confirmations=payments.deposits.options.confirmations,
         unit=services.billing.unit,
+        has_more=has_more,
     )
 
 
