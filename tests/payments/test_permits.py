@@ -290,3 +290,43 @@ def test_a_stored_transaction_the_node_lost_is_broadcast_again_after_a_restart(
     finally:
         w3.manager.request_blocking(RPCEndpoint("evm_setAutomine"), [True])
     assert relayer_sent(relayed) == sent + 2
+
+
+@pytest.mark.postgres
+def test_two_gateways_on_one_postgresql_relay_with_distinct_nonces(
+    relayed: Relayed, tmp_path: Path
+) -> None:
+    """Permits posted at once to two gateways sharing one relayer key and one
+    PostgreSQL: every transaction gets its own nonce (none replaces another), and each
+    top-up is credited once."""
+    from tests.support.postgres import postgres_database
+
+    with postgres_database() as database_url:
+        settings = {**relayer_settings(relayed), "database_url": database_url}
+        with (
+            start_gateway(tmp_path / "a", **settings) as first,
+            start_gateway(tmp_path / "b", **settings) as second,
+            first.http() as http_a,
+            second.http() as http_b,
+        ):
+            users = [sign_in(http_a, relayed.usdc) for _ in range(6)]
+            sent = relayer_sent(relayed)
+            bodies = [(user, permit(relayed, wallet)) for user, wallet in users]
+            clients = [http_a, http_b] * 3
+
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                responses = list(
+                    pool.map(lambda i: post(clients[i], *bodies[i]), range(len(bodies)))
+                )
+            for response in responses:
+                assert response.status_code == 200, response.text
+            hashes = [r.json()["data"][0]["tx_hash"] for r in responses]
+            wait_until(
+                lambda: relayer_sent(relayed) == sent + 12, timeout=30, what="12 transactions"
+            )
+            mine(relayed.usdc.anvil.w3, CONFIRMATIONS)
+            for (user, _), tx_hash in zip(bodies, hashes, strict=True):
+                wait_for_status(http_b, user, tx_hash, "credited")
+                assert balance(http_a, user) == AMOUNT
+                assert ledger_entries(first.settings, tx_hash) == 1
+    assert relayer_sent(relayed) == sent + 12
