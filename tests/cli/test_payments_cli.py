@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from typer.testing import CliRunner
+from web3.types import RPCEndpoint
 
 from infermesh.cli import app
 from tests.payments.chain import deploy_token, require_anvil, run_anvil
@@ -76,13 +77,23 @@ def test_on_anvil_it_shows_the_head_and_a_deposit(
         tx_hash = send(usdc, user.address, usdc.treasury, AMOUNT)
         assert topup(http, user, tx_hash).status_code == 200
         wait_for_status(http, user, tx_hash, "mined")
+    relayer = Account.create()
+    usdc.anvil.w3.manager.request_blocking(
+        RPCEndpoint("anvil_setBalance"), [relayer.address, hex(3 * 10**17)]
+    )
     env = {
         "INFERMESH_PAYMENTS_RPC_URL": usdc.anvil.url,
         "INFERMESH_PAYMENTS_USDC_ADDRESS": usdc.token.address,
         "INFERMESH_PAYMENTS_TREASURY": usdc.treasury,
+        "INFERMESH_PAYMENTS_RELAYER_KEY": relayer.key.hex(),
     }
     view = payments_json(tmp_path, env)
     assert view["node_chain_id"] == 8453 and view["domain_matches"] is True
+    assert view["relayer"] == relayer.address.lower()
+    assert view["relayer_eth_wei"] == 3 * 10**17
+    assert view["treasury_usdc_micro"] == usdc.token.functions.balanceOf(usdc.treasury).call()
+    assert view["payouts_enabled"] is False
+    assert relayer.key.hex() not in json.dumps(view)  # the key itself is never shown
     assert view["head_block"] == usdc.anvil.w3.eth.block_number
     [deposit] = view["deposits"]
     assert deposit["tx_hash"] == tx_hash.lower() and deposit["amount_micro_usd"] == AMOUNT
