@@ -400,3 +400,38 @@ def test_deposits_come_in_pages_newest_first(http: httpx.Client) -> None:
         response = http.get("/v1/credits/deposits", params={"after": bad}, headers=headers)
         assert response.status_code == 404, response.text
     assert http.get("/v1/credits/deposits", params={"limit": 0}, headers=headers).status_code == 400
+
+
+@pytest.mark.anvil
+def test_a_hash_posted_before_it_was_sent_expires_and_can_be_posted_again(
+    usdc: Usdc, tmp_path: Path
+) -> None:
+    settings = {**payment_settings(usdc), "payments_claim_ttl": 0.5}
+    with start_gateway(tmp_path, **settings) as running, running.http() as http:
+        wallet = Account.create()
+        response = http.post(SIGN_IN_PATH, json=signed(http, wallet))
+        assert response.status_code == 200, response.text
+        user = User(wallet.address, response.json()["key"])
+        w3 = usdc.anvil.w3
+        w3.manager.request_blocking(RPCEndpoint("anvil_setBalance"), [wallet.address, hex(10**18)])
+        mint(usdc.token, wallet.address, AMOUNT)
+        transfer = usdc.token.functions.transfer(usdc.treasury, AMOUNT).build_transaction(
+            {"from": wallet.address, "nonce": 0, "gas": 100_000, "chainId": w3.eth.chain_id}
+        )
+        signed_tx = wallet.sign_transaction(transfer)
+        tx_hash = signed_tx.hash.to_0x_hex()
+
+        assert topup(http, user, tx_hash).status_code == 200  # before it is sent
+        expired = wait_for_status(http, user, tx_hash, "expired")
+        assert "not found" in expired["error"]
+
+        w3.eth.send_raw_transaction(signed_tx.raw_transaction)
+        mine(w3, CONFIRMATIONS)
+        assert topup(http, user, tx_hash).json()["data"][0]["status"] in (
+            "received",
+            "mined",
+            "credited",
+        )
+        wait_for_status(http, user, tx_hash, "credited")
+        assert balance(http, user) == AMOUNT
+        assert ledger_entries(running.settings, tx_hash) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +25,8 @@ class ClaimBook:
         self._clock = clock
 
     async def add(self, account_id: int, tx_hash: str) -> int:
-        """The id of ``account_id``'s claim of ``tx_hash``, made if new.
+        """The id of ``account_id``'s claim of ``tx_hash``, made if new (an ``expired``
+        one of its own is looked for again).
 
         :class:`Conflict` when another account claimed it; :class:`RateLimited` when the
         account has ``max_open_claims`` transactions not yet seen on chain."""
@@ -46,6 +47,8 @@ class ClaimBook:
                     session.add(claim)
                     await session.flush()
                     return claim.id
+                if found.account_id == account_id and found.status == "expired":
+                    await self._reopen(session, found)
         except IntegrityError:  # the same transaction, claimed at the same moment
             async with self._db.session(read_only=True) as session:
                 found = await self._find(session, tx_hash)
@@ -59,6 +62,15 @@ class ClaimBook:
                 code="deposit_claimed",
             )
         return found.id
+
+    async def _reopen(self, session: AsyncSession, claim: DepositClaim) -> None:
+        """Look for an expired claim's transaction again, as if it were posted now (an
+        expired claim has nothing credited: its deposits are found anew)."""
+        await self._check_room(session, claim.account_id)
+        await session.execute(delete(Deposit).where(Deposit.claim_id == claim.id))
+        now = self._clock()
+        claim.status, claim.error = "received", None
+        claim.created_at = claim.updated_at = now
 
     async def _find(self, session: AsyncSession, tx_hash: str) -> DepositClaim | None:
         query = select(DepositClaim).where(
