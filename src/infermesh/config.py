@@ -234,6 +234,12 @@ class Settings(BaseSettings):
         description="private key of the relayer that sends permit top-ups (it pays their "
         "gas in ETH); permit top-ups are off without it",
     )
+    payments_x402: bool = Field(
+        default=False,
+        description="answer POST /v1/credits/topup without a payment with x402's 402 and "
+        "settle X-PAYMENT retries (EIP-3009 authorizations) through the relayer, which "
+        "payments_relayer_key must name",
+    )
     payments_treasury_key: SecretStr | None = Field(
         default=None,
         description="private key of the treasury, which signs operator payouts; payouts "

@@ -307,25 +307,33 @@ def test_a_transfer_whose_nonce_was_used_elsewhere_is_refunded(
     w3.manager.request_blocking(RPCEndpoint("evm_setAutomine"), [False])
     try:
         (payout,) = [p for p in run_api(http)["sent"] if p["account"] == who.name]
-        w3.manager.request_blocking(RPCEndpoint("anvil_dropAllTransactions"), [])
-        pending = w3.eth.get_transaction_count(treasury.account.address, "pending")
+        # The payout waits in the pool (the watcher may broadcast it again at any time):
+        # a transaction with its nonce and a far higher fee replaces it there.
+        nonce = w3.eth.get_transaction_count(treasury.account.address, "latest")
         other = treasury.account.sign_transaction(
             {
                 "chainId": w3.eth.chain_id,
-                "nonce": pending,
+                "nonce": nonce,
                 "to": treasury.account.address,
                 "value": 0,
                 "gas": 21_000,
-                "maxFeePerGas": 10 * w3.eth.gas_price,
-                "maxPriorityFeePerGas": w3.eth.gas_price,
+                "maxFeePerGas": 1000 * w3.eth.gas_price + 10**12,
+                "maxPriorityFeePerGas": 100 * w3.eth.gas_price + 10**12,
             }
         )
+        w3.manager.request_blocking(RPCEndpoint("anvil_dropAllTransactions"), [])
         w3.eth.send_raw_transaction(other.raw_transaction)
         mine(w3, 1)
+        assert w3.eth.get_transaction_receipt(other.hash)["status"] == 1
     finally:
         w3.manager.request_blocking(RPCEndpoint("evm_setAutomine"), [True])
-    mine(w3, CONFIRMATIONS + 1)
-    failed = wait_for_payout(http, who, "failed")
+
+    def dropped() -> bool:  # blocks keep coming, as on a live chain
+        mine(w3, 1)
+        return earnings(http, who)["payouts"][0]["status"] == "failed"
+
+    wait_until(dropped, timeout=30, what="the payout failed as dropped")
+    failed = earnings(http, who)["payouts"][0]
     assert failed["id"] == payout["id"] and "dropped" in failed["error"]
     assert usdc_of(treasury, who.payout_wallet.address) == 0
     assert payout_entries(gateway.settings, who.name) == [

@@ -202,7 +202,7 @@ def test_a_permit_is_relayed_once_and_credited_after_its_confirmations(
     assert treasury_usdc(relayed) == before_treasury + AMOUNT
     assert ledger_entries(gateway.settings, tx_hash) == 1
 
-    refused(post(http, user, body), 400, "permit_nonce_used")  # replayed after it was used
+    refused(post(http, user, body), 409, "permit_used")  # replayed after it was used
     assert relayer_sent(relayed) == before_sent + 2
 
 

@@ -83,10 +83,18 @@ class PermitTopups:
     async def submit(self, account_id: int, permit: Permit) -> RelayedTopup:
         """Check ``permit`` and relay it for ``account_id``; the claim to follow."""
         await self._check_terms(account_id, permit)
-        await self._check_on_chain(permit)
+        try:
+            await self._check_on_chain(permit)
+            gas = await self._permit_gas(permit)
+        except PermitRefused:
+            # The same permit, relayed for a post that raced this one, has moved the
+            # token's nonce and the owner's USDC: say it was used, not that it is bad.
+            if await self._was_used(permit):
+                raise _replayed() from None
+            raise
         fees = await self._chain.fees()
         calls = [
-            Call("permit", self._options.usdc, permit.call(), await self._permit_gas(permit)),
+            Call("permit", self._options.usdc, permit.call(), gas),
             Call(
                 "transfer_from",
                 self._options.usdc,
@@ -128,6 +136,10 @@ class PermitTopups:
         await self._outbox.broadcast(sent)
         logger.info("relaying a permit top-up of %s USDC", format_usd(permit.value))
         return RelayedTopup(claim.id, sent[1].tx_hash, sent[0].tx_hash)
+
+    async def _was_used(self, permit: Permit) -> bool:
+        async with self._db.session(read_only=True) as session:
+            return await session.scalar(self._used(permit)) is not None
 
     def _used(self, permit: Permit) -> Select[int]:
         return select(PermitTopup.id).where(

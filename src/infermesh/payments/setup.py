@@ -1,5 +1,5 @@
-"""Building a gateway's USDC payments (deposits, permit top-ups, payouts and the watcher
-that follows them) from its settings."""
+"""Building a gateway's USDC payments (deposits, permit and x402 top-ups, payouts and the
+watcher that follows them) from its settings."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from infermesh.payments.permits import PermitTopups
 from infermesh.payments.records import DepositOptions
 from infermesh.payments.transfers import parse_address
 from infermesh.payments.watcher import DepositWatcher
+from infermesh.payments.x402 import X402Topups
 from infermesh.store.database import Database
 
 logger = logging.getLogger(__name__)
@@ -35,14 +36,15 @@ WATCHER_LEASE = "deposits"
 @dataclass
 class PaymentParts:
     """A gateway's USDC payments: deposits by hash, permit top-ups (with a relayer key),
-    operator payouts, the outbox of transactions the gateway sends, and the watcher
-    (with the task that runs it)."""
+    x402 top-ups (switched on, with a relayer key), operator payouts, the outbox of
+    transactions the gateway sends, and the watcher (with the task that runs it)."""
 
     deposits: DepositService
     outbox: Outbox
     payouts: PayoutService
     watcher: DepositWatcher
     permits: PermitTopups | None = None
+    x402: X402Topups | None = None
     task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -92,6 +94,11 @@ def build_payments(
             )
         return None
     options = deposit_options(settings)
+    if settings.payments_x402 and settings.payments_relayer_key is None:
+        raise ConfigError(
+            "INFERMESH_PAYMENTS_X402 needs INFERMESH_PAYMENTS_RELAYER_KEY: the relayer "
+            "settles x402 payments and pays their gas."
+        )
     assert settings.payments_rpc_url is not None  # payments_enabled says so
     chain = Web3Chain(settings.payments_rpc_url)
     outbox = Outbox(database, chain, chain_id=options.chain_id, confirmations=options.confirmations)
@@ -105,6 +112,9 @@ def build_payments(
     )
     relayer = _signer(settings.payments_relayer_key, "RELAYER_KEY", None)
     permits = None if relayer is None else PermitTopups(database, chain, outbox, relayer, options)
+    x402 = None
+    if settings.payments_x402 and relayer is not None:
+        x402 = X402Topups(database, chain, outbox, relayer, options)
     interval = settings.payments_poll_interval
     lease = WatcherLease(
         database,
@@ -113,7 +123,7 @@ def build_payments(
         duration=timedelta(seconds=max(5 * interval, 10.0)),
     )
     watcher = DepositWatcher(deposits, lease, interval=interval, outbox=outbox, payouts=payouts)
-    return PaymentParts(deposits, outbox, payouts, watcher, permits)
+    return PaymentParts(deposits, outbox, payouts, watcher, permits, x402)
 
 
 def _signer(key: SecretStr | None, name: str, expected: str | None) -> Signer | None:

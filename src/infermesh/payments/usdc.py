@@ -1,5 +1,6 @@
 """The USDC calls payments make (calldata built here, no contract ABI file), and the
-EIP-2612 permit checked off chain before the relayer spends gas on it."""
+signed messages checked off chain before the relayer spends gas on them: EIP-2612
+permits and EIP-3009 transfer authorizations (x402's "exact" scheme)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from infermesh.payments.token_domain import TokenDomain
 UINT256_MAX = 2**256 - 1
 _PERMIT_TYPEHASH = keccak(
     text="Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"
+)
+_AUTHORIZATION_TYPEHASH = keccak(
+    text="TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    "uint256 validBefore,bytes32 nonce)"
 )
 SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 """Signatures with ``s`` above this are malleable copies; USDC refuses them too."""
@@ -79,14 +84,78 @@ class Permit:
     def signer(self, domain: TokenDomain) -> str | None:
         """The address that signed the permit under ``domain`` (lowercase), or None for
         a signature that cannot be valid (a malleable ``s``, a ``v`` not 27 or 28)."""
-        if self.v not in (27, 28) or not 0 < int.from_bytes(self.s, "big") <= SECP256K1_HALF_N:
-            return None
-        signature = self.r + self.s + bytes([self.v])
-        try:
-            found: str = Account.recover_message(self.signable(domain), signature=signature)
-        except Exception:  # an r or s that is no point on the curve
-            return None
-        return found.lower()
+        return _recover(self.signable(domain), self.v, self.r, self.s)
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """An EIP-3009 ``TransferWithAuthorization`` as posted: ``sender`` lets anyone move
+    ``value`` base units to ``to`` between ``valid_after`` and ``valid_before`` (unix
+    seconds, both exclusive), once per random 32-byte ``nonce``; signed (``v``, ``r``,
+    ``s``)."""
+
+    sender: str
+    to: str
+    value: int
+    valid_after: int
+    valid_before: int
+    nonce: bytes
+    v: int
+    r: bytes
+    s: bytes
+
+    def call(self) -> str:
+        """The calldata of ``transferWithAuthorization(from, to, value, validAfter,
+        validBefore, nonce, v, r, s)``."""
+        types = ["address", "address", "uint256", "uint256", "uint256", "bytes32"]
+        signed = [self.sender, self.to, self.value, self.valid_after, self.valid_before]
+        return calldata(
+            f"transferWithAuthorization({','.join(types)},uint8,bytes32,bytes32)",
+            [*types, "uint8", "bytes32", "bytes32"],
+            [*signed, self.nonce, self.v, self.r, self.s],
+        )
+
+    def state_call(self) -> str:
+        """The calldata of ``authorizationState(from, nonce)`` (true once used or cancelled)."""
+        return calldata(
+            "authorizationState(address,bytes32)", ["address", "bytes32"], [self.sender, self.nonce]
+        )
+
+    def signable(self, domain: TokenDomain) -> SignableMessage:
+        """What the payer signed: EIP-712's ``0x1901``, the domain separator and the
+        authorization's struct hash."""
+        struct = keccak(
+            abi_encode(
+                ["bytes32", "address", "address", "uint256", "uint256", "uint256", "bytes32"],
+                [
+                    _AUTHORIZATION_TYPEHASH,
+                    self.sender,
+                    self.to,
+                    self.value,
+                    self.valid_after,
+                    self.valid_before,
+                    self.nonce,
+                ],
+            )
+        )
+        return SignableMessage(b"\x01", bytes.fromhex(domain.separator()[2:]), struct)
+
+    def signer(self, domain: TokenDomain) -> str | None:
+        """The address that signed the authorization under ``domain`` (lowercase), or
+        None for a signature that cannot be valid."""
+        return _recover(self.signable(domain), self.v, self.r, self.s)
+
+
+def _recover(message: SignableMessage, v: int, r: bytes, s: bytes) -> str | None:
+    """The signer of ``message`` (lowercase); None for a malleable ``s``, a ``v`` not 27
+    or 28, or an ``r`` or ``s`` that is no point on the curve."""
+    if v not in (27, 28) or not 0 < int.from_bytes(s, "big") <= SECP256K1_HALF_N:
+        return None
+    try:
+        found: str = Account.recover_message(message, signature=r + s + bytes([v]))
+    except Exception:  # an r or s that is no point on the curve
+        return None
+    return found.lower()
 
 
 async def read_uint(chain: Chain, token: str, signature: str, owner: str) -> int:

@@ -1,4 +1,5 @@
-"""USDC top-up objects: ``POST /v1/credits/topup`` and ``GET /v1/credits/deposits``."""
+"""USDC top-up objects: ``POST /v1/credits/topup`` (by transaction hash, permit or x402
+payment) and ``GET /v1/credits/deposits``."""
 
 from __future__ import annotations
 
@@ -67,10 +68,17 @@ class PermitBody(WireModel):
 
 class TopupRequest(WireModel):
     """A USDC top-up: the hash of a transfer to the treasury sent from the caller's
-    wallet, or a permit for the relayer to make that transfer (exactly one)."""
+    wallet, or a permit for the relayer to make that transfer (exactly one). With x402
+    on, neither: the ``amount`` to top up (USD, e.g. ``"5.25"``, or ``amount_micro_usd``)
+    is answered with 402 and x402's payment requirements, and is paid by posting the same
+    request again with an ``X-PAYMENT`` header."""
 
     tx_hash: str | None = Field(default=None, max_length=100, description="0x and 64 hex digits")
     permit: PermitBody | None = None
+    amount: Annotated[str, Field(max_length=40)] | int | None = Field(
+        default=None, description="USD to top up by x402, as a decimal string (at most 6 decimals)"
+    )
+    amount_micro_usd: int | None = Field(default=None, ge=0, le=UINT256_MAX)
 
 
 class TokenObject(WireModel):
@@ -95,6 +103,77 @@ class TopupOptions(WireModel):
     min_deposit: Amount
     confirmations: int
     min_permit_window: int
+    x402: bool = Field(
+        default=False, description="whether POST /v1/credits/topup takes x402 payments"
+    )
+
+
+class X402Requirements(WireModel):
+    """x402 (version 1) ``PaymentRequirements`` of the ``exact`` scheme: an EIP-3009
+    ``TransferWithAuthorization`` of ``maxAmountRequired`` base units of ``asset`` to
+    ``payTo``, signed under the token's EIP-712 domain (``extra``: name and version)."""
+
+    scheme: Literal["exact"] = "exact"
+    network: str
+    maxAmountRequired: str
+    resource: str
+    description: str
+    mimeType: str = "application/json"
+    outputSchema: dict[str, object] | None = None
+    payTo: str
+    maxTimeoutSeconds: int
+    asset: str
+    extra: dict[str, str]
+
+
+class X402PaymentRequired(WireModel):
+    """The body of x402's 402 answer: why, and the payments accepted."""
+
+    x402Version: int = 1
+    error: str
+    accepts: list[X402Requirements]
+
+
+_UINT = r"^(0[xX][0-9a-fA-F]{1,64}|[0-9]{1,78})$"
+
+
+class X402AuthorizationBody(WireModel):
+    """An EIP-3009 authorization as x402 carries it: integers as decimal (or ``0x`` hex)
+    strings, the nonce as 32 bytes of ``0x`` hex."""
+
+    sender: str = Field(alias="from", pattern=_ADDRESS)
+    to: str = Field(pattern=_ADDRESS)
+    value: str = Field(pattern=_UINT)
+    validAfter: str = Field(pattern=_UINT)
+    validBefore: str = Field(pattern=_UINT)
+    nonce: str = Field(pattern=r"^0[xX][0-9a-fA-F]{64}$")
+
+
+class X402ExactPayload(WireModel):
+    """The ``exact`` scheme's payload: the authorization and its 65-byte signature."""
+
+    signature: str = Field(pattern=r"^0[xX][0-9a-fA-F]{130}$")
+    authorization: X402AuthorizationBody
+
+
+class X402PaymentPayload(WireModel):
+    """What the ``X-PAYMENT`` header carries (as base64 of this JSON)."""
+
+    x402Version: int
+    scheme: str = Field(max_length=64)
+    network: str = Field(max_length=64)
+    payload: X402ExactPayload
+
+
+class X402SettlementResponse(WireModel):
+    """What the ``X-PAYMENT-RESPONSE`` header carries (as base64 of this JSON):
+    ``success`` means the relayer's transaction is submitted; the deposit is credited
+    after its confirmations (``GET /v1/credits/deposits``)."""
+
+    success: bool
+    transaction: str
+    network: str
+    payer: str
 
 
 class PayoutWalletRequest(WireModel):

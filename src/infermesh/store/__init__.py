@@ -24,6 +24,7 @@ from infermesh.store.tables import (
     WalletNonce,
     WebhookDelivery,
     WebhookSecret,
+    X402Payment,
     utcnow,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "WalletNonce",
     "WebhookDelivery",
     "WebhookSecret",
+    "X402Payment",
     "head_revision",
     "normalize_url",
     "transaction_lock",

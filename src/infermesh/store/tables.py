@@ -486,6 +486,28 @@ class PermitTopup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class X402Payment(Base):
+    """An x402 payment an account posted as a top-up: an EIP-3009 authorization the
+    relayer settles with ``transferWithAuthorization`` (whose hash is the claim's). An
+    authorization is used once: (``chain_id``, ``payer``, ``nonce``) is unique, and the
+    row is written before the transaction is broadcast."""
+
+    __tablename__ = "x402_payments"
+    __table_args__ = (UniqueConstraint("chain_id", "payer", "nonce"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    payer: Mapped[str] = mapped_column(String(42))
+    nonce: Mapped[str] = mapped_column(String(66))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    value: Mapped[int] = mapped_column(Money)
+    valid_before: Mapped[int] = mapped_column(BigInteger)
+    claim_id: Mapped[int] = mapped_column(ForeignKey("deposit_claims.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class PayoutWallet(Base):
     """The wallet an operator account is paid to, bound by a signature of that wallet."""
 
