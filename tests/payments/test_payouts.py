@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,3 +411,65 @@ def test_without_the_treasury_key_payouts_are_refused(treasury: Treasury, tmp_pa
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "payouts_disabled"
         assert count_payouts(running.settings) == 0
+
+
+def payout_count(settings: Settings, accounts: list[str]) -> int:
+    """How many payouts the ledger holds for these accounts."""
+
+    async def count() -> int:
+        database = Database(settings.resolved_database_url)
+        try:
+            async with database.session(read_only=True) as session:
+                found = await session.scalar(
+                    select(func.count())
+                    .select_from(LedgerEntry)
+                    .join(AccountRow, AccountRow.id == LedgerEntry.account_id)
+                    .where(LedgerEntry.kind == "payout", AccountRow.name.in_(accounts))
+                )
+                return int(found or 0)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(count())
+
+
+def test_a_payout_run_killed_midway_and_run_again_pays_each_operator_once(
+    treasury: Treasury, gateway: RunningGateway, http: httpx.Client
+) -> None:
+    """``infermesh payouts run`` SIGKILLed after its first payout: the next run pays
+    the others, and no operator is paid twice."""
+    operators = [operator(http) for _ in range(40)]
+    owed = {who.name: MINIMUM + index for index, who in enumerate(operators)}
+    for who in operators:
+        earn(gateway.settings, who.name, owed[who.name])
+    names = list(owed)
+    env = {
+        **os.environ,
+        **{
+            f"INFERMESH_{name.upper()}": str(value)
+            for name, value in treasury_settings(treasury).items()
+            if name.startswith("payments_")
+        },
+    }
+    command = [sys.executable, "-m", "infermesh", "payouts", "run", "--json"]
+    command += ["--data-dir", str(gateway.settings.data_dir)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) as first:
+        wait_until(
+            lambda: payout_count(gateway.settings, names) >= 1 or first.poll() is not None,
+            timeout=60,
+            what="the first payout",
+        )
+        first.send_signal(signal.SIGKILL)
+    paid_by_first = payout_count(gateway.settings, names)
+    assert 1 <= paid_by_first < len(names), "the run was not killed midway"
+
+    second = subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stderr.decode()
+    sent = {p["account"] for p in json.loads(second.stdout)["sent"]}
+    assert len(sent) == len(names) - paid_by_first
+
+    mine(treasury.usdc.anvil.w3, CONFIRMATIONS)
+    for who in operators:
+        wait_for_payout(http, who, "paid")
+        assert usdc_of(treasury, who.payout_wallet.address) == owed[who.name]
+        assert payout_entries(gateway.settings, who.name) == [("payout", -owed[who.name])]
