@@ -251,6 +251,31 @@ class Settings(BaseSettings):
         description="the smallest payout sent to an operator, in micro-USD",
     )
 
+    channel_max_content: int = Field(
+        default=16_384, ge=1, le=1_000_000, description="characters in one channel message"
+    )
+    channel_max_metadata: int = Field(
+        default=4096, ge=2, le=65_536, description="bytes of a message's metadata, as JSON"
+    )
+    channel_posts_per_minute: int = Field(
+        default=120, ge=1, description="messages one account may post per minute"
+    )
+    channel_retention: int = Field(
+        default=1000, ge=1, le=1_000_000, description="newest messages kept per channel"
+    )
+    channel_max_age: float = Field(
+        default=30 * 86400.0, gt=0, description="seconds a channel message is kept at most"
+    )
+    channel_max_owned: int = Field(default=100, ge=1, description="channels one account may create")
+    channel_max_wait: float = Field(
+        default=30.0, gt=0, le=300, description="longest long-poll of GET /v1/channel (seconds)"
+    )
+    channel_max_followers: int = Field(
+        default=16,
+        ge=1,
+        description="long-polls and live streams one account may hold open on one gateway",
+    )
+
     @property
     def payments_enabled(self) -> bool:
         """Whether USDC top-ups are configured (node, token or a preset, and treasury)."""

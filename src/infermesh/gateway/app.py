@@ -24,6 +24,7 @@ from infermesh.billing.usage import UsageLog
 from infermesh.catalog.catalog import Catalog
 from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import CatalogFile
+from infermesh.channels.setup import build_channels
 from infermesh.chat.counting import TokenCounters
 from infermesh.chat.generation import Deadlines
 from infermesh.chat.service import ChatService
@@ -45,6 +46,7 @@ from infermesh.gateway.routes import (
     webhooks,
     workers,
 )
+from infermesh.gateway.routes import channels as channels_routes
 from infermesh.gateway.state import Services
 from infermesh.jobs.setup import build_jobs
 from infermesh.limits.setup import build_limiter
@@ -96,6 +98,7 @@ def create_app(
         )
         jobs = build_jobs(settings, database, chat_service)
         topups = build_payments(settings, database, billing.ledger)
+        channels = build_channels(settings, database, limiter.store)
         app.state.services = Services(
             settings=settings,
             database=database,
@@ -116,6 +119,7 @@ def create_app(
             webhook_secrets=jobs.secrets,
             wallets=build_wallets(settings, database, accounts),
             payments=topups,
+            channels=channels,
         )
         await app.state.services.workers.mark_all_offline()
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
@@ -126,16 +130,18 @@ def create_app(
         if topups is not None:
             topups.start()
         sending_webhooks = asyncio.create_task(jobs.sender.run())
+        hearing_channels = asyncio.create_task(channels.notifier.run())
         host = _embedded_host(settings, catalog_specs, secrets or {})
         starting = asyncio.create_task(_start_worker(host, registry)) if host else None
         try:
             yield
         finally:
-            for task in (running_jobs, sending_webhooks):
+            for task in (running_jobs, sending_webhooks, hearing_channels):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await jobs.runner.close()
+            await channels.notifier.close()
             if topups is not None:
                 await topups.stop()
             for task in (expiring, renewing, settling, keeping_keys):
@@ -171,6 +177,7 @@ def create_app(
     app.include_router(credits.router)
     app.include_router(wallet.router)
     app.include_router(payments.router)
+    app.include_router(channels_routes.router)
     app.include_router(admin.router)
     app.include_router(payments.admin_router)
     app.include_router(limits.router)

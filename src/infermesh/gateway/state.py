@@ -10,6 +10,7 @@ from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
 from infermesh.billing.service import BillingService
 from infermesh.catalog.catalog import Catalog
+from infermesh.channels.service import ChannelService
 from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.gateway.admin_lockout import AdminAttempts
@@ -43,5 +44,6 @@ class Services:
     job_runner: QueueRunner
     webhook_secrets: WebhookSecrets
     wallets: WalletSignIn
+    channels: ChannelService
     payments: PaymentParts | None = None
     """USDC top-ups and payouts; None when payments are not configured."""

@@ -8,6 +8,7 @@ migration. Times are stored as timezone-aware UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -544,3 +545,47 @@ class Payout(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     paid_at: Mapped[datetime | None]
+
+
+class Channel(Base):
+    """A named message board, made by its first post. ``public`` channels are open to
+    every account of the gateway; ``private`` ones to their owner and its members."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    visibility: Mapped[str] = mapped_column(String(16))
+    owner_account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelMember(Base):
+    """An account the owner of a private channel let in."""
+
+    __tablename__ = "channel_members"
+
+    channel_id: Mapped[int] = mapped_column(
+        ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelMessage(Base):
+    """One message on a channel: its author account, content and metadata (user data,
+    stored on purpose), kept until the channel's retention drops it."""
+
+    __tablename__ = "channel_messages"
+    __table_args__ = (Index("ix_channel_messages_channel_id_id", "channel_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_LedgerId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    content: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
