@@ -21,13 +21,14 @@ from sqlalchemy.exc import IntegrityError
 
 from infermesh.billing.ledger import MAX_GRANT
 from infermesh.billing.money import format_usd
-from infermesh.errors import Conflict, Forbidden, InvalidRequest
+from infermesh.errors import Conflict, InvalidRequest
+from infermesh.payments._relay import BIGINT_MAX, account_wallet, add_relayed_claim
 from infermesh.payments.chain import CallReverted, Chain
 from infermesh.payments.outbox import Call, Outbox, Signer
 from infermesh.payments.records import DepositOptions
 from infermesh.payments.token_domain import TokenDomain
 from infermesh.payments.usdc import Permit, read_uint, transfer_from_call
-from infermesh.store import Database, DepositClaim, PermitTopup, Wallet, utcnow
+from infermesh.store import Database, PermitTopup, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ MIN_PERMIT_WINDOW = 120
 """Seconds a permit's deadline must still leave for the relayer to get it mined."""
 TRANSFER_GAS = 120_000
 """Gas of the relayer's ``transferFrom`` (USDC's takes about 60,000)."""
-_BIGINT_MAX = 2**63 - 1
 
 
 class PermitRefused(InvalidRequest):
@@ -108,17 +108,13 @@ class PermitTopups:
                 if await session.scalar(self._used(permit)) is not None:
                     raise _replayed()
                 sent = await self._outbox.store(session, self.relayer, calls, fees)
-                claim = DepositClaim(
+                claim = await add_relayed_claim(
+                    session,
                     chain_id=self._options.chain_id,
-                    tx_hash=sent[1].tx_hash,
                     account_id=account_id,
-                    status="submitted",
-                    relayed=True,
-                    created_at=now,
-                    updated_at=now,
+                    tx_hash=sent[1].tx_hash,
+                    now=now,
                 )
-                session.add(claim)
-                await session.flush()
                 session.add(
                     PermitTopup(
                         chain_id=self._options.chain_id,
@@ -126,7 +122,7 @@ class PermitTopups:
                         nonce=permit.nonce,
                         account_id=account_id,
                         value=permit.value,
-                        deadline=min(permit.deadline, _BIGINT_MAX),
+                        deadline=min(permit.deadline, BIGINT_MAX),
                         claim_id=claim.id,
                         created_at=now,
                     )
@@ -149,16 +145,7 @@ class PermitTopups:
         )
 
     async def _check_terms(self, account_id: int, permit: Permit) -> None:
-        async with self._db.session(read_only=True) as session:
-            wallet = await session.scalar(
-                select(Wallet.address).where(Wallet.account_id == account_id)
-            )
-        if wallet is None:
-            raise Forbidden(
-                "This account has no wallet: sign in with the wallet (POST /v1/auth/wallet) "
-                "and top up with that account's key.",
-                code="no_wallet",
-            )
+        wallet = await account_wallet(self._db, account_id)
         if permit.owner != wallet:
             raise PermitRefused(
                 f"The permit's owner {permit.owner} is not this account's wallet {wallet}.",
@@ -198,7 +185,7 @@ class PermitTopups:
                 param="permit.nonce",
                 code="permit_nonce_used" if permit.nonce < nonce else "permit_nonce_invalid",
             )
-        if nonce > _BIGINT_MAX:
+        if nonce > BIGINT_MAX:
             raise PermitRefused("The owner's permit nonce is out of range.", param="permit")
         if permit.signer(self.domain) != permit.owner:
             raise PermitRefused(

@@ -32,7 +32,8 @@ from sqlalchemy.exc import IntegrityError
 
 from infermesh.billing.ledger import MAX_GRANT
 from infermesh.billing.money import format_usd
-from infermesh.errors import Conflict, Forbidden, InvalidRequest
+from infermesh.errors import Conflict, InvalidRequest
+from infermesh.payments._relay import BIGINT_MAX, account_wallet, add_relayed_claim
 from infermesh.payments.chain import CallReverted, Chain, ChainUnavailable
 from infermesh.payments.outbox import Call, Outbox, Signer, StoredTx
 from infermesh.payments.permits import MIN_PERMIT_WINDOW
@@ -40,7 +41,7 @@ from infermesh.payments.records import DepositOptions
 from infermesh.payments.token_domain import TokenDomain
 from infermesh.payments.usdc import UINT256_MAX, Authorization, read_uint
 from infermesh.protocol.payments import X402PaymentPayload
-from infermesh.store import Database, DepositClaim, Wallet, X402Payment, utcnow
+from infermesh.store import Database, X402Payment, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ MAX_TIMEOUT_SECONDS = 300
 MIN_AUTHORIZATION_WINDOW = MIN_PERMIT_WINDOW
 """Seconds ``validBefore`` must still leave for the relayer to get the transfer mined."""
 _NETWORK_NAMES = {8453: "base", 84532: "base-sepolia"}
-_BIGINT_MAX = 2**63 - 1
 
 
 class PaymentRefused(InvalidRequest):
@@ -201,17 +201,13 @@ class X402Topups:
                 if await session.scalar(self._used(authorization)) is not None:
                     raise _replayed()
                 sent = await self._outbox.store(session, self._relayer, [call], fees)
-                claim = DepositClaim(
+                claim = await add_relayed_claim(
+                    session,
                     chain_id=self._options.chain_id,
-                    tx_hash=sent[0].tx_hash,
                     account_id=account_id,
-                    status="submitted",
-                    relayed=True,
-                    created_at=now,
-                    updated_at=now,
+                    tx_hash=sent[0].tx_hash,
+                    now=now,
                 )
-                session.add(claim)
-                await session.flush()
                 session.add(
                     X402Payment(
                         chain_id=self._options.chain_id,
@@ -219,7 +215,7 @@ class X402Topups:
                         nonce="0x" + authorization.nonce.hex(),
                         account_id=account_id,
                         value=authorization.value,
-                        valid_before=min(authorization.valid_before, _BIGINT_MAX),
+                        valid_before=min(authorization.valid_before, BIGINT_MAX),
                         claim_id=claim.id,
                         created_at=now,
                     )
@@ -254,16 +250,7 @@ class X402Topups:
             )
 
     async def _check_payer(self, account_id: int, authorization: Authorization) -> None:
-        async with self._db.session(read_only=True) as session:
-            wallet = await session.scalar(
-                select(Wallet.address).where(Wallet.account_id == account_id)
-            )
-        if wallet is None:
-            raise Forbidden(
-                "This account has no wallet: sign in with the wallet (POST /v1/auth/wallet) "
-                "and top up with that account's key.",
-                code="no_wallet",
-            )
+        wallet = await account_wallet(self._db, account_id)
         if authorization.sender != wallet:
             raise PaymentRefused(
                 f"The authorization's payer {authorization.sender} is not this account's "
