@@ -37,12 +37,14 @@ class BackendChoice(StrEnum):
     transformers = "transformers"
 
 
-Gateway = Annotated[
-    str,
+Gateways = Annotated[
+    list[str],
     typer.Option(
         "--gateway",
         envvar="INFERMESH_GATEWAY",
-        help="The gateway's URL, e.g. https://gateway.example.com.",
+        help="A gateway's URL, e.g. https://gateway.example.com. Repeatable (in the "
+        "environment: separated by spaces): the worker is connected to one gateway at a "
+        "time and moves to the next when it is lost.",
         show_default=False,
     ),
 ]
@@ -99,7 +101,7 @@ Name = Annotated[
 
 
 def worker(
-    gateway: Gateway,
+    gateway: Gateways,
     serve: Serve,
     token: Token = None,
     backend: Backend = None,
@@ -109,7 +111,7 @@ def worker(
     name: Name = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Connect to a gateway and serve its requests for the given models."""
+    """Connect to a gateway of the network and serve its requests for the given models."""
     console = Console(stderr=True, soft_wrap=True)
     settings = make_settings(data_dir=data_dir)
     configure_logging(level=settings.log_level)
@@ -118,7 +120,7 @@ def worker(
     kind: BackendKind = backend.value if backend else "openai" if upstream_url else "transformers"
     key_env = UPSTREAM_KEY_ENV if upstream_key else None
     try:
-        url = connect_url(gateway)
+        urls = [connect_url(url) for url in gateway]
         specs = _specs(serve, backend=kind, upstream_url=upstream_url, upstream_key_env=key_env)
     except ConfigError as exc:
         _fail(console, str(exc))
@@ -130,7 +132,11 @@ def worker(
     )
     host = ModelHost(specs, options)
     config = AgentConfig(
-        url=url, token=token, models={spec.id: concurrency for spec in specs}, name=name
+        url=urls[0],
+        other_urls=tuple(urls[1:]),
+        token=token,
+        models={spec.id: concurrency for spec in specs},
+        name=name,
     )
     agent = WorkerAgent(config, host, ConsoleObserver(console))
     freeze_heap()
@@ -177,13 +183,16 @@ class ConsoleObserver:
     def starting(self, models: list[str]) -> None:
         self._say(f"starting models: {escape(', '.join(models))}")
 
-    def connecting(self, url: str) -> None:
-        self._say(f"connecting to {escape(url)} ...")
+    def connecting(self, gateway: str) -> None:
+        self._say(f"connecting to {escape(gateway)} ...")
 
-    def registered(self, welcome: Welcome) -> None:
+    def registered(self, welcome: Welcome, *, gateway: str) -> None:
         models = escape(", ".join(welcome.accepted))
         node = escape(welcome.node_id)
-        self._say(f"[green]registered[/green] as node [bold]{node}[/bold] serving {models}")
+        self._say(
+            f"[green]registered[/green] as node [bold]{node}[/bold] on {escape(gateway)} "
+            f"serving {models}"
+        )
         for model in welcome.refused:
             self._say(f"[yellow]model {escape(model.id)} refused:[/yellow] {escape(model.reason)}")
 
@@ -191,9 +200,9 @@ class ConsoleObserver:
         outcome = "; not retrying" if fatal else ""
         self._say(f"[red]refused by the gateway[/red] ({escape(code)}): {escape(reason)}{outcome}")
 
-    def disconnected(self, reason: str, *, retry_in: float | None) -> None:
-        retry = f"; reconnecting in {retry_in:.1f}s" if retry_in is not None else ""
-        self._say(f"[yellow]{escape(reason)}[/yellow]{retry}")
+    def disconnected(self, reason: str, *, gateway: str, retry_in: float | None) -> None:
+        then = "trying the next one now" if retry_in is None else f"reconnecting in {retry_in:.1f}s"
+        self._say(f"[yellow]gateway {escape(gateway)}: {escape(reason)}[/yellow]; {then}")
 
     def jobs_changed(self, counts: JobCounts) -> None:
         """A line at most every :data:`_JOBS_LINE_EVERY` seconds (a busy worker changes

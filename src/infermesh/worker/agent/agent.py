@@ -1,13 +1,16 @@
-"""The worker agent: serve models to a gateway, reconnecting until told to stop.
+"""The worker agent: serve models to the network's gateways, reconnecting until told to stop.
 
-The agent starts its model host, dials the gateway (out, so it works behind NAT),
-and serves one :class:`~infermesh.worker.agent.session.GatewaySession` after another:
-when a connection drops it waits (exponential backoff with jitter) and dials again. A
-refusal that another attempt would get again (bad token, unsupported protocol, no
-known model) stops it with :data:`EXIT_REFUSED`, except that a gateway that refuses the
-protocol version is dialed again at once with the oldest one (it predates the newer
-ones). SIGTERM or SIGINT drains: no new jobs, the ones in flight finish, then the agent
-exits 0; a second signal stops at once.
+The agent starts its model host, dials a gateway (out, so it works behind NAT), and
+serves one :class:`~infermesh.worker.agent.session.GatewaySession` after another. It is
+connected to one gateway at a time; when that connection drops, or a gateway cannot be
+reached, it dials the next gateway of its list at once (see
+:class:`~infermesh.worker.agent.gateways.GatewayRotation`), and only when every gateway
+of the list has failed in a row does it wait (exponential backoff with jitter) before
+the next round. A refusal that another attempt would get again (bad token, unsupported
+protocol, no known model) stops it with :data:`EXIT_REFUSED`, except that a gateway that
+refuses the protocol version is dialed again at once with the oldest one (it predates
+the newer ones). SIGTERM or SIGINT drains: no new jobs, the ones in flight finish, then
+the agent exits 0; a second signal stops at once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
@@ -25,6 +29,7 @@ from infermesh import __version__
 from infermesh.protocol.wire import MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from infermesh.worker.agent.backoff import Backoff
 from infermesh.worker.agent.config import AgentConfig
+from infermesh.worker.agent.gateways import GatewayEndpoint, GatewayRotation
 from infermesh.worker.agent.observer import AgentObserver, JobCounts
 from infermesh.worker.agent.session import GatewaySession, Refusal
 from infermesh.worker.host import ModelHost
@@ -49,7 +54,8 @@ class _Attempt:
 
 
 class WorkerAgent:
-    """Connects a model host to a gateway and keeps it connected; see the module doc."""
+    """Connects a model host to one of its gateways and keeps it connected; see the
+    module doc."""
 
     def __init__(self, config: AgentConfig, host: ModelHost, observer: AgentObserver) -> None:
         self._config = config
@@ -86,39 +92,41 @@ class WorkerAgent:
             await self._host.close()
 
     async def _serve_forever(self) -> int:
+        rotation = GatewayRotation(self._config.urls, timeout=self._config.connect_timeout)
         backoff = Backoff(initial=self._config.backoff_initial, maximum=self._config.backoff_max)
+        failed = 0  # gateways lost or failed in a row
         reason = "stopped before connecting"
         while not self._draining.is_set():
-            attempt = await self._attempt()
+            gateway = await rotation.next()
+            attempt = await self._attempt(gateway)
             if attempt.exit_code is not None:
                 return attempt.exit_code
             reason = attempt.reason
             if self._draining.is_set():
                 break
             if attempt.retry_now:
+                rotation.again(gateway)
                 continue
             if attempt.registered:
                 backoff.reset()
+                failed = 0
+            failed += 1
+            if failed < rotation.size:
+                self._observer.disconnected(reason, gateway=str(gateway), retry_in=None)
+                continue
+            failed = 0
             delay = backoff.next()
-            self._observer.disconnected(attempt.reason, retry_in=delay)
+            self._observer.disconnected(reason, gateway=str(gateway), retry_in=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
         self._observer.stopped(reason)
         return EXIT_OK
 
-    async def _attempt(self) -> _Attempt:
+    async def _attempt(self, gateway: GatewayEndpoint) -> _Attempt:
         """Connect once and serve until the connection ends."""
-        self._observer.connecting(self._config.url)
+        self._observer.connecting(str(gateway))
         try:
-            async with connect(
-                self._config.url,
-                additional_headers={"Authorization": f"Bearer {self._config.token}"},
-                user_agent_header=f"infermesh-worker/{__version__}",
-                max_size=MAX_FRAME_BYTES,
-                compression=None,
-                open_timeout=self._config.connect_timeout,
-                close_timeout=_CLOSE_TIMEOUT,
-            ) as websocket:
+            async with self._dial(gateway) as websocket:
                 session = GatewaySession(
                     websocket,
                     self._host,
@@ -128,7 +136,7 @@ class WorkerAgent:
                     protocol_version=self._protocol_version,
                 )
                 welcome = await session.handshake()
-                self._observer.registered(welcome)
+                self._observer.registered(welcome, gateway=str(gateway))
                 reason = await session.serve(welcome, draining=self._draining, force=self._force)
                 return _Attempt(reason=reason, registered=True)
         except Refusal as refusal:
@@ -145,6 +153,22 @@ class WorkerAgent:
             return _Attempt(exit_code=EXIT_REFUSED)
         except (OSError, TimeoutError, WebSocketException) as exc:
             return _Attempt(reason=_describe_failure(exc))
+
+    def _dial(self, gateway: GatewayEndpoint) -> connect:
+        # One address of a name is dialed directly; the name stays in Host and in TLS.
+        direct: dict[str, Any] = {}
+        if gateway.address is not None:
+            direct = {"host": gateway.address, "proxy": None}
+        return connect(
+            gateway.url,
+            additional_headers={"Authorization": f"Bearer {self._config.token}"},
+            user_agent_header=f"infermesh-worker/{__version__}",
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            open_timeout=self._config.connect_timeout,
+            close_timeout=_CLOSE_TIMEOUT,
+            **direct,
+        )
 
     def _older_protocol(self, refusal: Refusal) -> bool:
         """Whether to dial again with the oldest protocol version, after ``refusal``."""

@@ -1,4 +1,4 @@
-"""What a worker agent is told: the gateway to dial, its token, the models it serves."""
+"""What a worker agent is told: the gateways to dial, its token, the models it serves."""
 
 from __future__ import annotations
 
@@ -20,19 +20,27 @@ _WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 class AgentConfig:
     """How an agent connects and what it announces.
 
-    ``models`` maps each served model to the jobs it runs at once. A reconnect waits
-    ``backoff_initial`` seconds, doubling up to ``backoff_max``, with jitter; a gateway
-    silent for ``heartbeat_misses`` heartbeat intervals is taken for dead.
+    ``url`` is the gateway dialed first and ``other_urls`` the other gateways of the same
+    network, dialed in turn when one is lost or fails (see :attr:`urls`). ``models`` maps
+    each served model to the jobs it runs at once. When every gateway has failed, a
+    reconnect waits ``backoff_initial`` seconds, doubling up to ``backoff_max``, with
+    jitter; a gateway silent for ``heartbeat_misses`` heartbeat intervals is taken for dead.
     """
 
     url: str
     token: str
     models: dict[str, int]
     name: str | None = None
+    other_urls: tuple[str, ...] = ()
     heartbeat_misses: int = 3
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+    @property
+    def urls(self) -> list[str]:
+        """Every gateway's WebSocket URL, in the order they are dialed, once each."""
+        return list(dict.fromkeys((self.url, *self.other_urls)))
 
 
 def connect_url(gateway: str) -> str:

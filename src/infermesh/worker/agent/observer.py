@@ -21,17 +21,23 @@ class JobCounts:
 
 
 class AgentObserver(Protocol):
-    """Receives the agent's state changes (never any message content)."""
+    """Receives the agent's state changes (never any message content).
+
+    ``gateway`` names one gateway: its URL, and the address dialed when the URL's name
+    has several. ``disconnected`` says why the connection to ``gateway`` ended or failed;
+    ``retry_in`` is the wait before the next round of gateways, or None when the next
+    gateway is dialed at once.
+    """
 
     def starting(self, models: list[str]) -> None: ...
 
-    def connecting(self, url: str) -> None: ...
+    def connecting(self, gateway: str) -> None: ...
 
-    def registered(self, welcome: Welcome) -> None: ...
+    def registered(self, welcome: Welcome, *, gateway: str) -> None: ...
 
     def refused(self, code: str, reason: str, *, fatal: bool) -> None: ...
 
-    def disconnected(self, reason: str, *, retry_in: float | None) -> None: ...
+    def disconnected(self, reason: str, *, gateway: str, retry_in: float | None) -> None: ...
 
     def jobs_changed(self, counts: JobCounts) -> None: ...
 
@@ -46,19 +52,23 @@ class LoggingObserver:
     def starting(self, models: list[str]) -> None:
         logger.info("starting models: %s", ", ".join(models))
 
-    def connecting(self, url: str) -> None:
-        logger.info("connecting to %s", url)
+    def connecting(self, gateway: str) -> None:
+        logger.info("connecting to %s", gateway)
 
-    def registered(self, welcome: Welcome) -> None:
-        logger.info("registered as node %s: %s", welcome.node_id, ", ".join(welcome.accepted))
+    def registered(self, welcome: Welcome, *, gateway: str) -> None:
+        models = ", ".join(welcome.accepted)
+        logger.info("registered as node %s on %s: %s", welcome.node_id, gateway, models)
         for model in welcome.refused:
             logger.warning("model %s refused: %s", model.id, model.reason)
 
     def refused(self, code: str, reason: str, *, fatal: bool) -> None:
         logger.error("refused by the gateway (%s): %s", code, reason)
 
-    def disconnected(self, reason: str, *, retry_in: float | None) -> None:
-        logger.warning("disconnected: %s (retry in %s s)", reason, retry_in)
+    def disconnected(self, reason: str, *, gateway: str, retry_in: float | None) -> None:
+        if retry_in is None:
+            logger.warning("gateway %s: %s; dialing the next gateway", gateway, reason)
+        else:
+            logger.warning("gateway %s: %s; reconnecting in %.1f s", gateway, reason, retry_in)
 
     def jobs_changed(self, counts: JobCounts) -> None:
         logger.debug("jobs: %s", counts)

@@ -160,6 +160,9 @@ class GatewaySession:
             while True:
                 await asyncio.sleep(interval)
                 if time.monotonic() - self._last_heard > silent_limit:
+                    # It would not answer a closing handshake either: drop the connection
+                    # now instead of waiting for one, and dial the next gateway sooner.
+                    self._websocket.transport.abort()
                     return f"the gateway was silent for {silent_limit:g}s"
                 heartbeat = Heartbeat(in_flight=runner.in_flight)
                 await outbox.send(encode_worker_frame(heartbeat), job=False)
