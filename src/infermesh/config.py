@@ -251,6 +251,23 @@ class Settings(BaseSettings):
         description="the smallest payout sent to an operator, in micro-USD",
     )
 
+    peer_secret: SecretStr | None = Field(
+        default=None,
+        description="the secret the gateways of one network share; with Redis, each serves "
+        "the workers connected to any of them (forwarding jobs to their gateway)",
+    )
+    peer_url: str | None = Field(
+        default=None,
+        description="the URL the other gateways reach this one at (default: "
+        "http://<host>:<port>, or this machine's name when listening on every address)",
+    )
+    presence_interval: float = Field(
+        default=1.0, gt=0, le=60, description="seconds between presence updates in Redis"
+    )
+    presence_ttl: float = Field(
+        default=5.0, gt=0, le=600, description="seconds a gateway's presence outlives its updates"
+    )
+
     channel_max_content: int = Field(
         default=16_384, ge=1, le=1_000_000, description="characters in one channel message"
     )

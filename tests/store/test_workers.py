@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -207,14 +208,21 @@ async def test_connection_state(service: WorkerTokenService, clock: Clock) -> No
     assert (record.online, record.node_id, record.models) == (True, "node-2", ())
 
 
-async def test_mark_all_offline(service: WorkerTokenService) -> None:
+async def test_only_workers_silent_too_long_are_marked_offline(
+    service: WorkerTokenService, clock: Clock
+) -> None:
+    """A gateway that starts marks offline the workers whose gateway died (silent too
+    long), not those another gateway of the network holds now."""
     ids = [(await service.create(f"rig-{i}")).record.id for i in range(3)]
     for worker_id in ids[:2]:
         await service.mark_connected(worker_id, node_id=worker_id, models=["tiny"])
     statuses = {r.id: r.status for r in await service.list()}
     assert [statuses[worker_id] for worker_id in ids] == ["online", "online", "offline"]
-    await service.mark_all_offline()
-    assert {r.status for r in await service.list()} == {"offline"}
+    clock.advance(90)
+    await service.mark_seen(ids[1])  # still connected to another gateway
+    await service.mark_stale_offline(silent_for=timedelta(seconds=60))
+    statuses = {r.id: r.status for r in await service.list()}
+    assert [statuses[worker_id] for worker_id in ids] == ["offline", "online", "offline"]
 
 
 async def test_add_served(service: WorkerTokenService) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infermesh.accounts.keys import display_prefix, hash_key
@@ -174,10 +174,21 @@ class WorkerTokenService:
             jobs_failed=RegisteredWorker.jobs_failed + failed,
         )
 
-    async def mark_all_offline(self) -> None:
-        """Mark every worker offline: a gateway that starts has no one connected yet."""
+    async def mark_stale_offline(self, *, silent_for: timedelta) -> None:
+        """Mark offline the workers not heard from for ``silent_for``: their gateway
+        stopped without saying so. A worker connected to another gateway of the
+        network is heard from more often than that, and stays online."""
+        cutoff = self._clock() - silent_for
         statement = (
-            update(RegisteredWorker).where(RegisteredWorker.online.is_(True)).values(online=False)
+            update(RegisteredWorker)
+            .where(
+                RegisteredWorker.online.is_(True),
+                or_(
+                    RegisteredWorker.last_seen_at.is_(None),
+                    RegisteredWorker.last_seen_at < cutoff,
+                ),
+            )
+            .values(online=False)
         )
         async with self._db.session() as session, session.begin():
             await session.execute(statement)

@@ -41,6 +41,7 @@ from infermesh.gateway.routes import (
     limits,
     models,
     payments,
+    peers,
     results,
     wallet,
     webhooks,
@@ -48,10 +49,12 @@ from infermesh.gateway.routes import (
 )
 from infermesh.gateway.routes import channels as channels_routes
 from infermesh.gateway.state import Services
+from infermesh.gateway.worker_session import REVOCATION_CHECK_EVERY
 from infermesh.jobs.setup import build_jobs
 from infermesh.limits.setup import build_limiter
 from infermesh.mesh.local import InProcessWorker
 from infermesh.mesh.registry import WorkerRegistry
+from infermesh.mesh.setup import build_presence
 from infermesh.payments.setup import build_payments
 from infermesh.store.database import Database
 from infermesh.telemetry import Metrics
@@ -121,7 +124,11 @@ def create_app(
             payments=topups,
             channels=channels,
         )
-        await app.state.services.workers.mark_all_offline()
+        # Heard from every REVOCATION_CHECK_EVERY heartbeats while connected anywhere.
+        silent = settings.heartbeat_interval * REVOCATION_CHECK_EVERY * 4
+        await app.state.services.workers.mark_stale_offline(silent_for=timedelta(seconds=silent))
+        presence = build_presence(settings, registry)
+        sharing = asyncio.create_task(presence.run()) if presence is not None else None
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
         settling = asyncio.create_task(billing.run())
@@ -136,6 +143,11 @@ def create_app(
         try:
             yield
         finally:
+            if sharing is not None and presence is not None:
+                sharing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sharing
+                await presence.close()
             for task in (running_jobs, sending_webhooks, hearing_channels):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +190,7 @@ def create_app(
     app.include_router(wallet.router)
     app.include_router(payments.router)
     app.include_router(channels_routes.router)
+    app.include_router(peers.router)
     app.include_router(admin.router)
     app.include_router(payments.admin_router)
     app.include_router(limits.router)

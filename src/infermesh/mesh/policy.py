@@ -24,6 +24,8 @@ class Candidate:
     node_id: str
     outstanding: int
     stats: WorkerStats
+    remote: bool = False
+    """Held by another gateway (a job there takes one more hop)."""
 
 
 class RoutingPolicy(Protocol):
@@ -46,4 +48,9 @@ class PowerOfTwoChoices:
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(list(candidates), 2)
-        return min((first, second), key=expected_work)
+        return min((first, second), key=_preference)
+
+
+def _preference(candidate: Candidate) -> tuple[float, bool]:
+    """Less expected work first; between equals, a worker connected to this gateway."""
+    return expected_work(candidate), candidate.remote

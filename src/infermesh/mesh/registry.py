@@ -181,7 +181,12 @@ class WorkerRegistry:
 
     def _candidates(self, model: str, exclude: Collection[str]) -> list[Candidate]:
         return [
-            Candidate(node_id, self._in_flight.get(node_id, 0), self.stats(node_id))
+            Candidate(
+                node_id,
+                max(self._in_flight.get(node_id, 0), getattr(worker, "reported_load", 0)),
+                self.stats(node_id),
+                remote=getattr(worker, "gateway_id", None) is not None,
+            )
             for node_id, worker in self._workers.items()
             if node_id not in exclude
             and worker.serves(model)

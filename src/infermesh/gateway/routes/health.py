@@ -11,6 +11,7 @@ from infermesh import __version__
 from infermesh.gateway.deps import ServicesDep
 from infermesh.gateway.state import Services
 from infermesh.mesh.registry import WorkerRegistry
+from infermesh.mesh.worker import Worker
 
 router = APIRouter()
 
@@ -32,7 +33,7 @@ async def health(services: ServicesDep) -> dict[str, Any]:
         "status": "ok",
         "version": __version__,
         "models": models,
-        "workers": [_worker_health(registry, worker.node_id) for worker in registry.workers()],
+        "workers": [_worker_health(registry, worker) for worker in registry.workers()],
         "queue": await _queue_health(services),
     }
 
@@ -50,10 +51,12 @@ async def _queue_health(services: Services) -> dict[str, Any]:
     }
 
 
-def _worker_health(registry: WorkerRegistry, node_id: str) -> dict[str, Any]:
+def _worker_health(registry: WorkerRegistry, worker: Worker) -> dict[str, Any]:
+    node_id = worker.node_id
     stats = registry.stats(node_id)
     return {
         "node_id": node_id,
+        "gateway": getattr(worker, "gateway_id", None),  # None: connected to this gateway
         "in_flight": registry.in_flight(node_id),
         "jobs": stats.jobs,
         "failures": stats.failures,

@@ -1,0 +1,343 @@
+"""Many gateways, one network: three ``infermesh serve`` processes on one PostgreSQL and
+one Redis, with the network's shared secret, and worker processes connected to
+different gateways. Every model is served from every gateway (a job forwarded to the
+gateway that holds the worker, its stream relayed back intact), billed once; a gateway
+restarted leaves the others' workers online; a gateway that loses Redis serves its own
+workers only."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from infermesh.accounts.service import AccountService
+from infermesh.accounts.workers import WorkerTokenService
+from infermesh.billing.ledger import CreditLedger
+from infermesh.billing.pricing import Pricing
+from infermesh.catalog.spec import ModelSpec
+from infermesh.catalog.store import CatalogFile
+from infermesh.config import Settings
+from infermesh.store.database import Database
+from tests.fakes.engine import ScriptedEngine, run_engine
+from tests.mesh.helpers import WorkerProcess, create_worker_token, openai_worker, run_worker
+from tests.support.postgres import postgres_database, require_postgres
+from tests.support.processes import RunningProcess, infermesh_command
+from tests.support.redis import redis_url, require_redis, unique_prefix
+from tests.support.servers import free_port
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.postgres
+
+MODELS = ["net-a", "net-b"]
+GRANT = 100_000_000
+
+
+@dataclass
+class Gateway:
+    """One ``infermesh serve`` process and where it listens."""
+
+    name: str
+    process: RunningProcess
+    base_url: str
+
+    def client(self, key: str) -> OpenAI:
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def models(self) -> dict[str, bool]:
+        """Each model and whether it is available here ({} while the server starts)."""
+        try:
+            response = httpx.get(f"{self.base_url}/v1/models", timeout=10)
+        except httpx.TransportError:
+            return {}
+        return {m["id"]: m["available"] for m in response.json()["data"]}
+
+
+@dataclass
+class Network:
+    """The shared database, Redis prefix and secret, the gateways and the workers."""
+
+    root: Path
+    env: dict[str, str]
+    settings: Settings
+    engine: ScriptedEngine
+    gateways: dict[str, Gateway] = field(default_factory=dict)
+    workers: dict[str, WorkerProcess] = field(default_factory=dict)
+
+    @contextmanager
+    def gateway(self, name: str, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        command = infermesh_command(
+            "serve", "--no-worker", "--data-dir", str(self.root / name),
+            "--config", str(self.root / "models.toml"), "--port", str(port),
+        )  # fmt: skip
+        environment = {**self.env, "INFERMESH_PEER_URL": base_url, **(env or {})}
+        process = RunningProcess(command, env=environment)
+        try:
+            process.wait_for_line(f"{base_url}/v1", timeout=90)
+            yield Gateway(name, process, base_url)
+        finally:
+            process.stop()
+
+    def key(self, account: str) -> str:
+        """A key of a new account with credit."""
+
+        async def create() -> str:
+            database = Database.from_settings(self.settings)
+            try:
+                created = await AccountService(database).create_key(account, tier="pro")
+                await CreditLedger(database).credit(
+                    created.record.account_id, GRANT, kind="grant", reference=account, reason=None
+                )
+            finally:
+                await database.dispose()
+            return created.key
+
+        return asyncio.run(create())
+
+
+def catalog() -> list[ModelSpec]:
+    price = Pricing(per_request=0.001, input_per_million=10, output_per_million=20)
+    return [
+        ModelSpec(id=model, tier="fast", context_length=4096, pricing=price) for model in MODELS
+    ]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    require_postgres()
+    require_redis()
+    root = tmp_path_factory.mktemp("network")
+    CatalogFile(root / "models.toml").save(catalog())
+    with ExitStack() as stack:
+        database_url = stack.enter_context(postgres_database())
+        engine = stack.enter_context(run_engine(models=["scripted-1"], chunk_delay=0.01))
+        env = {
+            "INFERMESH_DATABASE_URL": database_url,
+            "INFERMESH_REDIS_URL": redis_url(),
+            "INFERMESH_REDIS_PREFIX": unique_prefix(),
+            "INFERMESH_PEER_SECRET": secrets.token_urlsafe(24),
+            "INFERMESH_PRESENCE_INTERVAL": "0.3",
+            "INFERMESH_PRESENCE_TTL": "2",
+            "INFERMESH_HEARTBEAT_INTERVAL": "0.5",
+        }
+        net = Network(root, env, Settings(data_dir=root, database_url=database_url), engine)
+        for name in ("a", "b", "c"):
+            net.gateways[name] = stack.enter_context(net.gateway(name))
+        for name, model in (("a", "net-a"), ("b", "net-b")):
+            token = asyncio.run(create_worker_token(net.settings, f"rig-{name}"))
+            net.workers[name] = stack.enter_context(
+                run_worker(
+                    net.gateways[name].base_url,
+                    *openai_worker(engine, model, concurrency=4),
+                    token=token,
+                    data_dir=root / f"worker-{name}",
+                )
+            )
+        for gateway in net.gateways.values():
+            wait_until(
+                lambda g=gateway: all(g.models().get(model) for model in MODELS),
+                timeout=30,
+                what=f"every model available on gateway {gateway.name}",
+            )
+        yield net
+
+
+def ask(gateway: Gateway, key: str, model: str, text: str, *, stream: bool) -> tuple[str, str]:
+    """The answer's text and the node that served it."""
+    client = gateway.client(key)
+    messages: Any = [{"role": "user", "content": text}]
+    if not stream:
+        response = client.chat.completions.create(model=model, messages=messages)
+        assert response.metadata is not None
+        return response.choices[0].message.content or "", response.metadata["node_id"]
+    parts, node = [], ""
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        node = (getattr(chunk, "metadata", None) or {}).get("node_id", node)
+    return "".join(parts), node
+
+
+def balance(gateway: Gateway, key: str) -> int:
+    response = httpx.get(
+        f"{gateway.base_url}/v1/credits/balance",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    micro: int = response.json()["balance"]["micro_usd"]
+    return micro
+
+
+def usage_records(gateway: Gateway, key: str, limit: int | None = 100) -> list[dict[str, Any]]:
+    """The account's usage records (every page when ``limit`` is None)."""
+    records: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        response = httpx.get(
+            f"{gateway.base_url}/v1/usage",
+            params=params,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        body = response.json()
+        records += body["data"]
+        if limit is not None or not body.get("has_more"):
+            return records
+        params["after"] = body["data"][-1]["id"]
+
+
+def test_every_gateway_serves_every_model_and_bills_once(network: Network) -> None:
+    key = network.key("everywhere")
+    nodes = {name: worker.node_id for name, worker in network.workers.items()}
+    asked = 0
+    for gateway in network.gateways.values():
+        for model, holder in (("net-a", "a"), ("net-b", "b")):
+            for stream in (False, True):
+                text = f"from {gateway.name} to {model} {'streamed' if stream else 'whole'}"
+                answer, node = ask(gateway, key, model, text, stream=stream)
+                assert answer == f"echo: {text}"  # relayed intact, whichever gateway holds it
+                if not stream:
+                    assert node == nodes[holder]
+                asked += 1
+
+    def settled() -> bool:
+        return len(usage_records(network.gateways["c"], key)) == asked
+
+    wait_until(settled, timeout=30, what="every request recorded once")
+    records = usage_records(network.gateways["a"], key)
+    assert {record["status"] for record in records} == {"succeeded"}
+    spent = sum(record["cost"]["micro_usd"] for record in records)
+    assert spent > 0
+    wait_until(lambda: balance(network.gateways["b"], key) == GRANT - spent, timeout=30)
+
+
+def test_a_restarted_gateway_leaves_the_other_workers_online(network: Network) -> None:
+    async def online() -> set[str]:
+        database = Database.from_settings(network.settings)
+        try:
+            return {r.name for r in await WorkerTokenService(database).list() if r.online}
+        finally:
+            await database.dispose()
+
+    assert asyncio.run(online()) >= {"rig-a", "rig-b"}
+    with network.gateway("d") as late:  # a gateway that starts now
+        wait_until(lambda: all(late.models().get(m) for m in MODELS), timeout=30)
+        assert asyncio.run(online()) >= {"rig-a", "rig-b"}
+        key = network.key("late")
+        answer, _ = ask(late, key, "net-a", "through the newcomer", stream=True)
+        assert answer == "echo: through the newcomer"
+
+
+def test_the_internal_routes_need_the_network_secret(network: Network) -> None:
+    gateway = network.gateways["a"]
+    body = {"node_id": network.workers["a"].node_id, "max_output_tokens": 5, "job": {}}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.post(
+            f"{gateway.base_url}/internal/v1/generate", json=body, headers=headers, timeout=10
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
+    user_key = network.key("nosy")
+    response = httpx.post(
+        f"{gateway.base_url}/internal/v1/generate",
+        json=body,
+        headers={"Authorization": f"Bearer {user_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 401
+
+
+def test_a_gateway_killed_under_load_loses_no_request_and_charges_none_twice(
+    network: Network,
+) -> None:
+    """A fourth gateway holds a worker of net-a (that also knows gateway b) beside the
+    one on a; requests at b and c run while the fourth is SIGKILLed: its worker moves to
+    b within seconds, every request succeeds, each is billed once."""
+    key = network.key("under-load")
+    with ExitStack() as stack:
+        doomed = stack.enter_context(network.gateway("doomed"))
+        token = asyncio.run(create_worker_token(network.settings, "rig-moving"))
+        moving = stack.enter_context(
+            run_worker(
+                doomed.base_url,
+                "--gateway", network.gateways["b"].base_url,
+                *openai_worker(network.engine, "net-a", concurrency=4),
+                token=token,
+                data_dir=network.root / "worker-moving",
+            )
+        )  # fmt: skip
+        surviving = [network.gateways["b"], network.gateways["c"]]
+        wait_until(
+            lambda: all(_holds(g, moving.node_id) for g in surviving),
+            timeout=30,
+            what="the moving worker seen from b and c",
+        )
+        stop = threading.Event()
+        answers: list[str] = []
+        failures: list[BaseException] = []
+
+        def load(index: int) -> None:
+            gateway = surviving[index % 2]
+            n = 0
+            while not stop.is_set():
+                text = f"load {index}-{n}"
+                try:
+                    answer, _ = ask(gateway, key, "net-a", text, stream=False)
+                    assert answer == f"echo: {text}"
+                    answers.append(answer)
+                except BaseException as exc:  # recorded, asserted below
+                    failures.append(exc)
+                n += 1
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            running = [pool.submit(load, index) for index in range(4)]
+            wait_until(lambda: len(answers) >= 20, timeout=60, what="load running")
+            killed_at = time.monotonic()
+            doomed.process.process.send_signal(signal.SIGKILL)
+            wait_until(
+                lambda: _holds(network.gateways["b"], token.record.id, here=True),
+                timeout=10,
+                what="the worker registered on b",
+            )
+            moved_after = time.monotonic() - killed_at
+            served_before = len(answers)
+            wait_until(lambda: len(answers) >= served_before + 20, timeout=60, what="more load")
+            stop.set()
+            for future in running:
+                future.result(timeout=60)
+    assert failures == [], failures[:3]
+    assert moved_after < 10
+    expected = len(answers)
+
+    def recorded() -> int:
+        return len(usage_records(network.gateways["c"], key, limit=None))
+
+    wait_until(lambda: recorded() == expected, timeout=30, what="each request recorded once")
+    spent = sum(r["cost"]["micro_usd"] for r in usage_records(network.gateways["b"], key, None))
+    wait_until(lambda: balance(network.gateways["c"], key) == GRANT - spent, timeout=30)
+
+
+def _holds(gateway: Gateway, node: str, *, here: bool = False) -> bool:
+    """Whether the gateway's registry has the worker ``node`` (a prefix of its node id,
+    connected to it if ``here``)."""
+    try:
+        workers = httpx.get(f"{gateway.base_url}/health", timeout=10).json()["workers"]
+    except httpx.TransportError:
+        return False
+    return any(
+        w["node_id"].startswith(node) and (not here or w["gateway"] is None) for w in workers
+    )
