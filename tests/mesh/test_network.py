@@ -341,3 +341,78 @@ def _holds(gateway: Gateway, node: str, *, here: bool = False) -> bool:
     return any(
         w["node_id"].startswith(node) and (not here or w["gateway"] is None) for w in workers
     )
+
+
+def test_without_redis_a_gateway_serves_its_own_workers_only(tmp_path: Path) -> None:
+    """Redis goes away: each gateway forgets the others' workers (a request for one of
+    them is a clear 503, not a hang) and keeps serving its own (limits set to fail
+    open here; by default they fail closed, as README says); Redis back, the network
+    is whole again."""
+    from infermesh.catalog.spec import ModelSpec as Spec
+    from tests.mesh.helpers import HEARTBEAT
+    from tests.support.gateway import start_gateway
+    from tests.support.redis import private_redis
+
+    with ExitStack() as stack:
+        server = stack.enter_context(private_redis())
+        database_url = stack.enter_context(postgres_database())
+        engine = stack.enter_context(run_engine(models=["scripted-1"]))
+        shared: dict[str, Any] = {
+            "specs": [Spec(id=model, tier="fast") for model in MODELS],
+            "embedded_worker": False,
+            "database_url": database_url,
+            "redis_url": server.url,
+            "redis_prefix": unique_prefix(),
+            "peer_secret": secrets.token_urlsafe(24),
+            "presence_interval": 0.2,
+            "presence_ttl": 1.0,
+            "rate_limit_fail_open": True,
+            **HEARTBEAT,
+        }
+        gateways = []
+        for name in ("a", "b"):
+            port = free_port()
+            gateways.append(
+                stack.enter_context(
+                    start_gateway(
+                        tmp_path / name, port=port, peer_url=f"http://127.0.0.1:{port}", **shared
+                    )
+                )
+            )
+        first, second = gateways
+        token = asyncio.run(create_worker_token(first.settings, "rig"))
+        stack.enter_context(
+            run_worker(
+                first.base_url,
+                *openai_worker(engine, "net-a"),
+                token=token,
+                data_dir=tmp_path / "worker",
+            )
+        )
+
+        def available(gateway: Any) -> bool:
+            body = httpx.get(f"{gateway.base_url}/v1/models", timeout=10).json()
+            return {m["id"]: m["available"] for m in body["data"]}["net-a"]
+
+        wait_until(lambda: available(second), timeout=30, what="net-a seen from b")
+        server.stop()
+        wait_until(lambda: not available(second), timeout=30, what="b forgets a's worker")
+        refused = httpx.post(
+            f"{second.base_url}/v1/chat/completions",
+            json={"model": "net-a", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {second.key}"},
+            timeout=30,
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "no_worker_available"
+        answer = first.client().chat.completions.create(
+            model="net-a", messages=[{"role": "user", "content": "still here"}]
+        )
+        assert answer.choices[0].message.content == "echo: still here"
+
+        server.start()
+        wait_until(lambda: available(second), timeout=60, what="b sees a's worker again")
+        again = second.client().chat.completions.create(
+            model="net-a", messages=[{"role": "user", "content": "whole again"}]
+        )
+        assert again.choices[0].message.content == "echo: whole again"

@@ -107,7 +107,8 @@ def start_gateway(
     settings = Settings(data_dir=data_dir, **settings_overrides)
     key = asyncio.run(create_key(settings))
     app = create_app(settings, specs=specs, secrets=secrets)
-    with serve_app(app) as base_url:
+    port = settings_overrides.get("port")  # given: the gateway must know its own URL
+    with serve_app(app, port=port) as base_url:
         if wait_for:
             wait_until_available(base_url, wait_for)
         yield RunningGateway(base_url=base_url, key=key, settings=settings, app=app)
