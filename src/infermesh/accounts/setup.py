@@ -4,12 +4,15 @@ describe."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from infermesh.accounts.key_cache import KeyCache
 from infermesh.accounts.service import AccountService
-from infermesh.accounts.wallets import WalletOptions, WalletSignIn
 from infermesh.config import Settings
 from infermesh.store.database import Database
+
+if TYPE_CHECKING:
+    from infermesh.accounts.wallets import WalletSignIn
 
 
 def build_accounts(settings: Settings, database: Database, *, cache_keys: bool) -> AccountService:
@@ -35,6 +38,10 @@ def build_accounts(settings: Settings, database: Database, *, cache_keys: bool) 
 
 def build_wallets(settings: Settings, database: Database, accounts: AccountService) -> WalletSignIn:
     """Wallet sign-in as ``settings`` configure it (``INFERMESH_WALLET_*``)."""
+    # Imported here: eth-account takes about a second to import, which every command
+    # line run would pay for (only a gateway signs wallets in).
+    from infermesh.accounts.wallets import WalletOptions, WalletSignIn
+
     options = WalletOptions(
         domain=settings.resolved_wallet_domain,
         chain_ids=tuple(settings.wallet_chain_ids),

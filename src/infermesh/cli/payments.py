@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import SecretStr
@@ -18,13 +18,15 @@ from infermesh.cli.credits import usd_text
 from infermesh.cli.db import run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
-from infermesh.payments.chain import ChainUnavailable, Web3Chain
 from infermesh.payments.history import recent_deposits
 from infermesh.payments.networks import resolve_network
-from infermesh.payments.outbox import Signer
 from infermesh.payments.records import DepositRecord
-from infermesh.payments.token_domain import TokenDomain, domain_mismatch
-from infermesh.payments.usdc import read_uint
+
+if TYPE_CHECKING:
+    from infermesh.payments.chain import Web3Chain
+
+# The chain's modules (web3, eth-account) are imported where they are used: they take a
+# second to import, which every other command would pay for.
 
 UNREACHABLE = "unreachable"
 Limit = Annotated[int, typer.Option("--limit", min=1, max=500, help="How many deposits.")]
@@ -52,6 +54,8 @@ def _address_of(key: SecretStr | None) -> str | None:
     """The address of a configured key (never the key); "invalid" if it is not one."""
     if key is None:
         return None
+    from infermesh.payments.outbox import Signer
+
     try:
         address: str = Signer(key.get_secret_value().strip()).address
         return address
@@ -60,6 +64,9 @@ def _address_of(key: SecretStr | None) -> str | None:
 
 
 async def _read_node(settings: Settings) -> dict[str, object]:
+    from infermesh.payments.chain import ChainUnavailable, Web3Chain
+    from infermesh.payments.token_domain import TokenDomain, domain_mismatch
+
     network = resolve_network(settings)
     assert settings.payments_rpc_url is not None and network.usdc_address is not None
     chain = Web3Chain(settings.payments_rpc_url, timeout=5.0)
@@ -94,6 +101,9 @@ async def _read_node(settings: Settings) -> dict[str, object]:
 
 async def _usdc_of(chain: Web3Chain, usdc: str, holder: str | None) -> int | None:
     """The USDC ``holder`` has (None when the token cannot say, e.g. a wrong address)."""
+    from infermesh.payments.chain import ChainUnavailable
+    from infermesh.payments.usdc import read_uint
+
     if holder is None:
         return None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich import box
@@ -18,9 +18,10 @@ from infermesh.cli.credits import usd_text
 from infermesh.cli.db import fail, run_with_database
 from infermesh.cli.options import DatabaseUrl, DataDir, JsonOutput, make_settings
 from infermesh.config import Settings
-from infermesh.payments.payouts import PayoutRecord, PayoutService, RunReport
-from infermesh.payments.setup import build_payments
 from infermesh.store import Database
+
+if TYPE_CHECKING:  # the payments modules import web3 and eth-account: only when used
+    from infermesh.payments.payouts import PayoutRecord, PayoutService, RunReport
 
 T = TypeVar("T")
 payouts_app = typer.Typer(help="Operators' USDC payouts.", invoke_without_command=True)
@@ -36,6 +37,8 @@ def _with_payouts(settings: Settings, action: Callable[[PayoutService], Awaitabl
         )
 
     async def run(db: Database) -> T:
+        from infermesh.payments.setup import build_payments
+
         parts = build_payments(settings, db, CreditLedger(db))
         assert parts is not None
         try:
