@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ class Cli:
         assert result.stdout == ""
         assert message in result.stderr and "Traceback" not in result.stderr
         return result.stderr
+
+    def refuse_all(self, cases: list[tuple[list[str], str]]) -> None:
+        """:meth:`refused` for each (args, message), two processes at a time."""
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [pool.submit(self.refused, *args, message=message) for args, message in cases]
+            for run in runs:
+                run.result()
 
 
 @pytest.fixture
@@ -109,9 +117,12 @@ def test_invalid_amounts_are_refused_and_grant_nothing(cli: Cli) -> None:
         "NaN": "not an amount of USD",
         "": "not an amount of USD",
     }
-    for amount, message in refusals.items():
-        cli.refused("credits", "grant", "bob", amount, "--reason", "r", message=message)
-    cli.refused("credits", "grant", "bob", "5", "--reason", "  ", message="needs a reason")
+    grants = [
+        (["credits", "grant", "bob", amount, "--reason", "r"], message)
+        for amount, message in refusals.items()
+    ]
+    blank_reason = (["credits", "grant", "bob", "5", "--reason", "  "], "needs a reason")
+    cli.refuse_all([*grants, blank_reason])
     shown = cli.json("credits", "show", "bob")
     assert shown["balance"]["micro_usd"] == 0 and shown["entries"] == []
 

@@ -56,10 +56,13 @@ def mesh(
                     *openai_worker(engine, MODEL, concurrency=concurrency),
                     token=worker_token(gateway, f"w{index}"),
                     data_dir=tmp_path / f"w{index}",
+                    registered=False,
                 )
             )
             for index in range(workers)
         ]
+        for worker in running:  # they start together; each must register
+            assert worker.node_id
         wait_until_available(gateway.base_url, [MODEL])
         yield gateway, running
 

@@ -98,10 +98,11 @@ def test_load_spreads_across_workers_of_a_model(
     mesh_gateway: RunningGateway, slow_engine: ScriptedEngine, worker_dir: Path
 ) -> None:
     options = openai_worker(slow_engine, "spread", concurrency=8)
-    with (
-        run_worker(mesh_gateway, *options, data_dir=worker_dir) as first,
-        run_worker(mesh_gateway, *options, data_dir=worker_dir) as second,
+    with (  # both start at once, then both must register
+        run_worker(mesh_gateway, *options, data_dir=worker_dir, registered=False) as first,
+        run_worker(mesh_gateway, *options, data_dir=worker_dir, registered=False) as second,
     ):
+        assert first.node_id and second.node_id
         client = mesh_gateway.client()
 
         def ask(index: int) -> str:

@@ -69,11 +69,15 @@ def require_postgres() -> None:
         )
 
 
-async def create_database(name: str) -> str:
-    """Create the database ``name`` on the test server; return its asyncpg URL."""
+async def create_database(name: str, *, template: str | None = None) -> str:
+    """Create the database ``name`` on the test server (a copy of the database
+    ``template`` if given: nobody may be connected to that one); return its asyncpg URL."""
+    statement = f'CREATE DATABASE "{name}"'
+    if template is not None:
+        statement += f' TEMPLATE "{template}"'
     connection = await asyncpg.connect(_dsn(admin_url()))
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(statement)
     finally:
         await connection.close()
     return admin_url().set(database=name).render_as_string(hide_password=False)
@@ -89,14 +93,15 @@ async def drop_database(name: str) -> None:
 
 
 @asynccontextmanager
-async def temporary_postgres_database() -> AsyncIterator[str]:
-    """A fresh, empty database for the duration of the block; yields its asyncpg URL.
+async def temporary_postgres_database(*, template: str | None = None) -> AsyncIterator[str]:
+    """A fresh database for the duration of the block, empty or a copy of ``template``;
+    yields its asyncpg URL.
 
     The URL is ``postgresql+asyncpg://…/infermesh_t_<hex>``; the database is dropped
     (WITH (FORCE)) on exit.
     """
     name = DATABASE_PREFIX + secrets.token_hex(6)
-    url = await create_database(name)
+    url = await create_database(name, template=template)
     try:
         yield url
     finally:
