@@ -18,8 +18,9 @@ import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field, ValidationError
+from starlette.requests import ClientDisconnect
 
-from infermesh.errors import InvalidRequest, NotFound, Unauthorized
+from infermesh.errors import ClientDisconnected, InvalidRequest, NotFound, Unauthorized
 from infermesh.gateway.deps import ServicesDep
 from infermesh.gateway.state import Services
 from infermesh.mesh.peers import GENERATE_PATH, PENALIZE_PATH, PeerWorker, error_line
@@ -56,7 +57,7 @@ async def generate(
 ) -> StreamingResponse:
     """Run a forwarded job on a worker of this gateway; its chunks, a line each."""
     _check_peer(services, authorization)
-    forwarded = _parse(ForwardedJob, await request.body())
+    forwarded = _parse(ForwardedJob, await _body(request))
     worker = _local_worker(services, forwarded.node_id)
     lease = await _slot(services, worker, forwarded)
     return StreamingResponse(_run(worker, lease, forwarded), media_type="application/x-ndjson")
@@ -70,10 +71,20 @@ async def penalize(
 ) -> dict[str, bool]:
     """Another gateway caught a worker of this one breaking the protocol."""
     _check_peer(services, authorization)
-    penalty = _parse(Penalty, await request.body())
+    penalty = _parse(Penalty, await _body(request))
     worker = _local_worker(services, penalty.node_id)
     worker.penalize(f"(seen by another gateway) {penalty.reason}")
     return {"ok": True}
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body; the peer gateway may give up on it first (its client left)."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ClientDisconnected(
+            "The peer gateway went away before its request was read."
+        ) from None
 
 
 def _check_peer(services: Services, authorization: str | None) -> None:
