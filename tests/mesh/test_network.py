@@ -53,6 +53,9 @@ class Gateway:
     process: RunningProcess
     base_url: str
 
+    def wait_ready(self) -> None:
+        self.process.wait_for_line(f"{self.base_url}/v1", timeout=90)
+
     def client(self, key: str) -> OpenAI:
         return OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=60)
 
@@ -77,18 +80,21 @@ class Network:
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
 
     @contextmanager
-    def gateway(self, name: str, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    def gateway(self, name: str, *, ready: bool = True) -> Iterator[Gateway]:
+        """``infermesh serve`` until the block ends; listening, unless not ``ready``
+        (then call :meth:`Gateway.wait_ready`: several start at once)."""
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         command = infermesh_command(
             "serve", "--no-worker", "--data-dir", str(self.root / name),
             "--config", str(self.root / "models.toml"), "--port", str(port),
         )  # fmt: skip
-        environment = {**self.env, "INFERMESH_PEER_URL": base_url, **(env or {})}
-        process = RunningProcess(command, env=environment)
+        process = RunningProcess(command, env={**self.env, "INFERMESH_PEER_URL": base_url})
+        gateway = Gateway(name, process, base_url)
         try:
-            process.wait_for_line(f"{base_url}/v1", timeout=90)
-            yield Gateway(name, process, base_url)
+            if ready:
+                gateway.wait_ready()
+            yield gateway
         finally:
             process.stop()
 
@@ -135,8 +141,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             "INFERMESH_HEARTBEAT_INTERVAL": "0.5",
         }
         net = Network(root, env, Settings(data_dir=root, database_url=database_url), engine)
-        for name in ("a", "b", "c"):
-            net.gateways[name] = stack.enter_context(net.gateway(name))
+        for name in ("a", "b", "c"):  # started together
+            net.gateways[name] = stack.enter_context(net.gateway(name, ready=False))
+        for gateway in net.gateways.values():
+            gateway.wait_ready()
         for name, model in (("a", "net-a"), ("b", "net-b")):
             token = asyncio.run(create_worker_token(net.settings, f"rig-{name}"))
             net.workers[name] = stack.enter_context(

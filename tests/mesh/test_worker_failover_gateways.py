@@ -100,10 +100,13 @@ def prepare_network(root: Path) -> Network:
     return Network((first, second), catalog, key, token)
 
 
+# A SIGKILLed gateway (its worker moves at once) is tested with the whole network under
+# load in tests/mesh/test_network.py; here, the gateway that freezes with its
+# connections open, which only the worker's heartbeat can notice.
 @pytest.mark.parametrize(
     ("death", "heartbeat", "deadline"),
-    [(signal.SIGKILL, None, 5.0), (signal.SIGSTOP, FAST_HEARTBEAT, 3 * FAST_HEARTBEAT + 5.0)],
-    ids=["killed", "stopped"],
+    [(signal.SIGSTOP, FAST_HEARTBEAT, 3 * FAST_HEARTBEAT + 5.0)],
+    ids=["stopped"],
 )
 def test_a_worker_moves_to_its_second_gateway_when_the_first_dies(
     tmp_path: Path,

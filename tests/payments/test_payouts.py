@@ -438,7 +438,7 @@ def test_a_payout_run_killed_midway_and_run_again_pays_each_operator_once(
 ) -> None:
     """``infermesh payouts run`` SIGKILLed after its first payout: the next run pays
     the others, and no operator is paid twice."""
-    operators = [operator(http) for _ in range(40)]
+    operators = [operator(http) for _ in range(20)]
     owed = {who.name: MINIMUM + index for index, who in enumerate(operators)}
     for who in operators:
         earn(gateway.settings, who.name, owed[who.name])
