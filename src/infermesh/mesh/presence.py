@@ -2,7 +2,8 @@
 
 Every ``interval`` seconds a gateway writes the workers connected to it (their models
 and slots, jobs in flight, measured speed, operator) under a key of its own that
-expires after ``ttl`` seconds, then reads the other gateways' keys and brings its
+expires after ``ttl`` seconds (and its name in an index, a sorted set by update time),
+then reads the other gateways' keys and brings its
 registry in line: a :class:`~infermesh.mesh.peers.PeerWorker` for each worker another
 gateway holds, none for a gateway whose key expired (it died, or lost Redis). A worker
 connected here is never shadowed by another gateway's entry.
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_ENTRY_BYTES = 1024 * 1024
 """The largest presence entry read from Redis (a gateway with thousands of workers)."""
 MAX_GATEWAYS = 256
+INDEX_HORIZON = 300.0
+"""Seconds after its last update a gateway is dropped from the index (its key, whose
+TTL says whether it is alive, expired long before; the margin absorbs clock skew)."""
 
 
 class Presence:
@@ -59,6 +63,7 @@ class Presence:
         self.gateway_id = gateway_id
         self.gateway_url = gateway_url
         self._key_prefix = f"{prefix}:presence:"
+        self._index = f"{prefix}:presence-index"
         self._registry = registry
         self._client = client
         self._interval = interval
@@ -104,7 +109,10 @@ class Presence:
     async def close(self) -> None:
         """Withdraw this gateway's entry (its workers leave the others' view at once)."""
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(self._key_prefix + self.gateway_id)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._key_prefix + self.gateway_id)
+                pipe.zrem(self._index, self.gateway_id)
+                await pipe.execute()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
         self._forget_all()
@@ -116,24 +124,32 @@ class Presence:
             for worker in self._registry.workers()
             if isinstance(worker, RemoteWorker) and worker.connected and not worker.draining
         ]
+        now = self._clock()
         entry = {
             "gateway_id": self.gateway_id,
             "url": self.gateway_url,
-            "at": self._clock(),
+            "at": now,
             "workers": workers,
         }
-        await self._redis.set(
-            self._key_prefix + self.gateway_id, orjson.dumps(entry), px=int(self._ttl * 1000)
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(
+                self._key_prefix + self.gateway_id,
+                orjson.dumps(entry),
+                px=int(self._ttl * 1000),
+            )
+            pipe.zadd(self._index, {self.gateway_id: now})
+            await pipe.execute()
 
     async def _mirror(self) -> None:
-        keys: list[bytes] = []
-        async for key in self._redis.scan_iter(match=self._key_prefix + "*", count=100):
-            keys.append(key)
-            if len(keys) >= MAX_GATEWAYS:
-                break
-        own = (self._key_prefix + self.gateway_id).encode()
-        others = [key for key in keys if key != own]
+        """The other gateways' entries: those named in the index (a sorted set by last
+        update, so that no scan of Redis's keys is needed), alive while their key is."""
+        stale = self._clock() - INDEX_HORIZON
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(self._index, "-inf", stale)
+            pipe.zrevrange(self._index, 0, MAX_GATEWAYS - 1)
+            _, members = await pipe.execute()
+        names = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        others = [self._key_prefix + name for name in names if name != self.gateway_id]
         values = await self._redis.mget(others) if others else []
         seen: dict[str, PeerWorkerView] = {}
         for raw in values:
