@@ -14,7 +14,7 @@ from infermesh.billing.ledger import (
     DuplicateReference,
     InsufficientCredits,
 )
-from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.pricing import Pricing, TokenBound, token_bound
 from infermesh.billing.records import BalanceRecord, Earning, Settlement, UsageRow
 from infermesh.billing.service import BillingService, Outcome
 from infermesh.billing.tiers import TierExceeded, TierPolicy
@@ -218,6 +218,10 @@ FLAT = ModelSpec(id="flat", tier="frontier", pricing=Pricing(per_request="0.01")
 USED = Usage(prompt_tokens=2, completion_tokens=3, total_tokens=5)
 
 
+def _bound(max_tokens: int) -> TokenBound:
+    return token_bound(_request(max_tokens), context_length=8192)
+
+
 def _request(max_tokens: int) -> ChatCompletionRequest:
     messages = [{"role": "user", "content": "hello world"}]
     return ChatCompletionRequest.model_validate(
@@ -242,7 +246,8 @@ async def test_billing_service_holds_the_bound_and_settles_usage(
     assert billing.max_cost(ModelSpec(id="free"), request) == 0
 
     principal = Principal("key_1", alice, "alice", "pro")
-    charge = await billing.authorize(principal, spec, request, charge_id="c1", request_id="q1")
+    bound = token_bound(request, context_length=8192)
+    charge = await billing.authorize(principal, spec, bound, charge_id="c1", request_id="q1")
     assert (charge.held, charge.available) == (most, 1_000_000 - most)
     worker = Operator(worker_id="w1", account_id=operator)
     outcome = Outcome("succeeded", USED, stream=False, latency_ms=5.0, operator=worker)
@@ -261,7 +266,7 @@ async def test_failed_request_releases_the_whole_hold(
     alice = await new_account("alice")
     await grant(ledger, alice, 50_000)
     principal = Principal("key_1", alice, "alice", "pro")
-    charge = await billing.authorize(principal, FLAT, _request(8), charge_id="c1", request_id="q")
+    charge = await billing.authorize(principal, FLAT, _bound(8), charge_id="c1", request_id="q")
     assert (charge.held, charge.available) == (10_000, 40_000)
     outcome = Outcome("failed", USED, stream=False, latency_ms=1.0, error_code="backend_error")
     assert (await billing.settle(charge, outcome)).charged == 0
@@ -278,7 +283,7 @@ async def test_tier_is_checked_before_anything_is_held(
     await grant(ledger, alice, 50_000)
     principal = Principal("key_1", alice, "alice", "free")
     with pytest.raises(TierExceeded) as refused:
-        await billing.authorize(principal, FLAT, _request(8), charge_id="c", request_id="q")
+        await billing.authorize(principal, FLAT, _bound(8), charge_id="c", request_id="q")
     assert (refused.value.status_code, refused.value.code) == (402, "tier_exceeded")
     assert await ledger.balance(alice) == BalanceRecord(alice, 50_000, 0)
 

@@ -14,7 +14,8 @@ def test_models_add_list_remove(tmp_path: Path, clean_env: dict[str, str]) -> No
     data = ["--data-dir", str(tmp_path)]
     listed = infermesh("models", "list", "--json", *data)
     assert listed.returncode == 0, listed.stderr
-    assert [model["id"] for model in json.loads(listed.stdout)] == ["infermesh-tiny"]
+    default = ["infermesh-tiny", "infermesh-tiny-embed"]
+    assert [model["id"] for model in json.loads(listed.stdout)] == default
 
     added = infermesh(
         "models", "add", "qwen2.5-7b", "--backend", "openai",
@@ -27,7 +28,7 @@ def test_models_add_list_remove(tmp_path: Path, clean_env: dict[str, str]) -> No
         model["id"]: model
         for model in json.loads(infermesh("models", "list", "--json", *data).stdout)
     }
-    assert set(models) == {"infermesh-tiny", "qwen2.5-7b"}
+    assert set(models) == {*default, "qwen2.5-7b"}
     qwen = models["qwen2.5-7b"]
     assert qwen["capabilities"] == {"tools": True, "vision": False}
     assert qwen["serve"] == {
@@ -45,6 +46,17 @@ def test_models_add_list_remove(tmp_path: Path, clean_env: dict[str, str]) -> No
     no_url = infermesh("models", "add", "broken", "--backend", "openai", *data)
     assert no_url.returncode == 1
     assert "upstream_url" in no_url.stderr
+
+    embedder = infermesh(
+        "models", "add", "bge-small", "--kind", "embedding", "--dimensions", "384",
+        "--context-length", "512", "--price-input", "0.02", *data,
+    )  # fmt: skip
+    assert embedder.returncode == 0, embedder.stderr
+    listed_models = json.loads(infermesh("models", "list", "--json", *data).stdout)
+    bge = next(model for model in listed_models if model["id"] == "bge-small")
+    assert (bge["kind"], bge["dimensions"]) == ("embedding", 384)
+    no_dimensions = infermesh("models", "add", "e5", "--kind", "embedding", *data)
+    assert no_dimensions.returncode == 1 and "--dimensions" in no_dimensions.stderr
 
     assert infermesh("models", "remove", "qwen2.5-7b", *data).returncode == 0
     missing = infermesh("models", "remove", "qwen2.5-7b", *data)

@@ -19,14 +19,24 @@ deterministically:
 
 Precedence: a tool message last, then a tool call, then images, then the echo.
 ``prompt_tokens`` is the number of whitespace words in all message text.
+
+``POST /v1/embeddings`` answers each input (a string, or an array of token ids) with a
+unit vector of ``embedding_dimensions`` numbers drawn from the SHA-256 of the input (the
+same input, the same vector), cut to ``dimensions`` and normalised again if asked, as
+float lists or base64 of float32 (``encoding_format``); an input's tokens are its
+whitespace words (or its token ids).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
+import math
 import re
+import struct
 import threading
 import time
 import uuid
@@ -86,8 +96,10 @@ class ScriptedEngine:
         chunk_delay: float = 0.0,
         api_key: str | None = None,
         report_usage: bool = True,
+        embedding_dimensions: int = 16,
     ) -> None:
         self.models = list(models) if models is not None else list(DEFAULT_MODELS)
+        self.embedding_dimensions = embedding_dimensions
         self.chunk_delay = chunk_delay
         self.api_key = api_key
         self.report_usage = report_usage
@@ -100,7 +112,37 @@ class ScriptedEngine:
             routes=[
                 Route("/v1/models", self._list_models, methods=["GET"]),
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             ]
+        )
+
+    async def _embeddings(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.")
+        self.requests.append(body)
+        refusal = self._check_auth(request) or self._check_model(body)
+        if refusal is not None:
+            return refusal
+        inputs = body.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and _is_ids(inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return _error(400, "'input' must be a string or a non-empty array.", param="input")
+        dimensions = body.get("dimensions") or self.embedding_dimensions
+        base64_wanted = body.get("encoding_format") == "base64"
+        data, tokens = [], 0
+        for index, item in enumerate(inputs):
+            vector = embedding_of(item, self.embedding_dimensions, dimensions)
+            tokens += len(item) if isinstance(item, list) else len(_TOKEN.findall(item))
+            value: Any = encode_vector(vector) if base64_wanted else vector
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
         )
 
     async def _list_models(self, request: Request) -> Response:
@@ -146,6 +188,14 @@ class ScriptedEngine:
         return _error(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def _check_request(self, body: JSON) -> Response | None:
+        refusal = self._check_model(body)
+        if refusal is not None:
+            return refusal
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "'messages' must be a non-empty array.", param="messages")
+        return None
+
+    def _check_model(self, body: JSON) -> Response | None:
         model = body.get("model")
         if model == FAIL_MODEL:
             return _error(500, "scripted failure", error_type="server_error")
@@ -154,8 +204,6 @@ class ScriptedEngine:
         if model not in self.models:
             message = f"The model `{model}` does not exist or you do not have access to it."
             return _error(404, message, code="model_not_found", param="model")
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            return _error(400, "'messages' must be a non-empty array.", param="messages")
         return None
 
     def _note_gone(self) -> None:
@@ -173,10 +221,15 @@ def run_engine(
     chunk_delay: float = 0.0,
     api_key: str | None = None,
     report_usage: bool = True,
+    embedding_dimensions: int = 16,
 ) -> Iterator[ScriptedEngine]:
     """Serve a :class:`ScriptedEngine` on a real uvicorn server for the ``with`` block."""
     engine = ScriptedEngine(
-        models=models, chunk_delay=chunk_delay, api_key=api_key, report_usage=report_usage
+        models=models,
+        chunk_delay=chunk_delay,
+        api_key=api_key,
+        report_usage=report_usage,
+        embedding_dimensions=embedding_dimensions,
     )
     with serve_app(engine.app) as root:
         engine.base_url = f"{root}/v1"
@@ -395,3 +448,22 @@ def _error(
 ) -> JSONResponse:
     envelope = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return JSONResponse(envelope, status_code=status)
+
+
+def _is_ids(value: list[Any]) -> bool:
+    return all(isinstance(item, int) for item in value)
+
+
+def embedding_of(item: str | list[int], size: int, dimensions: int) -> list[float]:
+    """The engine's vector of an input: ``size`` numbers from its SHA-256, cut to
+    ``dimensions`` and normalised (float32 values, as an engine sends them)."""
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    raw = [(seed[i % 32] + i * 7) % 255 - 127 + 0.5 for i in range(size)][:dimensions]
+    norm = math.sqrt(sum(value * value for value in raw))
+    vector = [value / norm for value in raw]
+    return list(struct.unpack(f"<{len(vector)}f", struct.pack(f"<{len(vector)}f", *vector)))
+
+
+def encode_vector(vector: list[float]) -> str:
+    """A vector as base64 of little-endian float32 values."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -129,6 +129,7 @@ class UsageRow:
     stream: bool = False
     error_code: str | None = None
     finish_reason: str | None = None
+    endpoint: str = "chat.completions"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: int = 0

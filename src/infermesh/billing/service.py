@@ -10,7 +10,7 @@ from typing import Literal
 from infermesh.accounts.records import Principal
 from infermesh.billing.ledger import CreditLedger
 from infermesh.billing.money import CreditUnit, usd
-from infermesh.billing.pricing import Pricing, token_bound
+from infermesh.billing.pricing import Pricing, TokenBound, token_bound
 from infermesh.billing.records import (
     BASIS_POINTS,
     BalanceRecord,
@@ -69,6 +69,7 @@ class Outcome:
     operator: Operator | None = None
     finish_reason: str | None = None
     error_code: str | None = None
+    endpoint: str = "chat.completions"
 
     @property
     def served(self) -> bool:
@@ -108,24 +109,29 @@ class BillingService:
         )
 
     def max_cost(self, spec: ModelSpec, request: ChatCompletionRequest) -> int:
-        """The most ``request`` can cost on ``spec``: what is held before it runs."""
+        """The most a chat ``request`` can cost on ``spec``: what is held before it runs."""
+        return self.bound_cost(spec, token_bound(request, context_length=spec.context_length))
+
+    @staticmethod
+    def bound_cost(spec: ModelSpec, bound: TokenBound) -> int:
+        """What ``bound`` tokens cost on ``spec``."""
         if spec.pricing is None or spec.pricing.free:
             return 0
-        bound = token_bound(request, context_length=spec.context_length)
         return spec.pricing.cost(bound.prompt_tokens, bound.completion_tokens)
 
     async def authorize(
         self,
         principal: Principal,
         spec: ModelSpec,
-        request: ChatCompletionRequest,
+        bound: TokenBound,
         *,
         charge_id: str,
         request_id: str,
     ) -> Charge:
-        """Check the tier and hold the largest possible cost; raise 402 if either fails."""
+        """Check the tier and hold the cost of ``bound`` (the most tokens the request can
+        use); raise 402 if either fails."""
         self.tiers.check(principal.tier, spec.id, spec.tier)
-        amount = self.max_cost(spec, request)
+        amount = self.bound_cost(spec, bound)
         available = None
         if amount:
             available = await self.slices.hold(principal.account_id, charge_id, amount)
@@ -218,6 +224,7 @@ def _usage_row(charge: Charge, outcome: Outcome, usage: Usage) -> UsageRow:
         status=outcome.status,
         error_code=outcome.error_code,
         finish_reason=outcome.finish_reason,
+        endpoint=outcome.endpoint,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cost=0,

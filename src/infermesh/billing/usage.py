@@ -30,6 +30,7 @@ class UsageRecord:
     status: str
     error_code: str | None
     finish_reason: str | None
+    endpoint: str
     prompt_tokens: int
     completion_tokens: int
     cost: int
@@ -176,6 +177,7 @@ def _record(row: UsageEntry) -> UsageRecord:
         status=row.status,
         error_code=row.error_code,
         finish_reason=row.finish_reason,
+        endpoint=row.endpoint,
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         cost=row.cost,

@@ -7,9 +7,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infermesh.billing.pricing import Pricing
+from infermesh.protocol.embeddings import MAX_EMBEDDING_DIMENSIONS
 from infermesh.protocol.models import Capabilities
 
 BackendKind = Literal["transformers", "openai"]
+ModelKind = Literal["chat", "embedding"]
+CHAT_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
+EMBEDDING_ENDPOINTS = ("/v1/embeddings",)
 
 TINY_MODEL_ID = "infermesh-tiny"
 
@@ -34,7 +38,8 @@ class ServeSpec(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """One catalog entry."""
+    """One catalog entry: a chat model (``kind = "chat"``, the default) or an embedding
+    model (``kind = "embedding"``, whose ``dimensions`` is the length of its vectors)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,3 +53,23 @@ class ModelSpec(BaseModel):
     created: int = 0
     pricing: Pricing | None = Field(default=None, description="None: the model is free")
     serve: ServeSpec | None = None
+    kind: ModelKind = "chat"
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EMBEDDING_DIMENSIONS,
+        description="an embedding model's vector length (a request may ask for fewer)",
+    )
+
+    @model_validator(mode="after")
+    def _dimensions_for_embeddings(self) -> ModelSpec:
+        # A gateway's catalog needs an embedding model's dimensions (see Catalog); a
+        # worker's own spec of a model it serves does not.
+        if self.kind == "chat" and self.dimensions is not None:
+            raise ValueError("dimensions is for embedding models only")
+        return self
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The API paths that serve this model."""
+        return EMBEDDING_ENDPOINTS if self.kind == "embedding" else CHAT_ENDPOINTS

@@ -16,10 +16,15 @@ from infermesh.errors import ConfigError
 from infermesh.protocol.models import Capabilities
 
 BUILTIN_TINY = f"builtin:{TINY_MODEL_ID}"
+TINY_EMBED_MODEL_ID = "infermesh-tiny-embed"
+BUILTIN_TINY_EMBED = f"builtin:{TINY_EMBED_MODEL_ID}"
+TINY_EMBED_DIMENSIONS = 64
+TINY_EMBED_CONTEXT_LENGTH = 512
 
 
 def default_models() -> list[ModelSpec]:
-    """The embedded default: the tiny local model on the in-process transformers engine."""
+    """The embedded default: the tiny local chat model and the tiny embedding model, on
+    the in-process transformers engine."""
     return [
         ModelSpec(
             id=TINY_MODEL_ID,
@@ -33,7 +38,19 @@ def default_models() -> list[ModelSpec]:
                 {"input_per_million": "0.50", "output_per_million": "1.50"}
             ),
             serve=ServeSpec(backend="transformers", engine_model=BUILTIN_TINY),
-        )
+        ),
+        ModelSpec(
+            id=TINY_EMBED_MODEL_ID,
+            tier="fast",
+            params="tiny",
+            description="Tiny local embedding model with random weights, built on first run. "
+            "Its vectors are meaningless; every layer is real.",
+            context_length=TINY_EMBED_CONTEXT_LENGTH,
+            kind="embedding",
+            dimensions=TINY_EMBED_DIMENSIONS,
+            pricing=Pricing.model_validate({"input_per_million": "0.02"}),
+            serve=ServeSpec(backend="transformers", engine_model=BUILTIN_TINY_EMBED),
+        ),
     ]
 
 

@@ -23,7 +23,7 @@ from infermesh.billing.pricing import (
     token_bound,
 )
 from infermesh.catalog.spec import ModelSpec, ServeSpec
-from infermesh.catalog.store import BUILTIN_TINY
+from infermesh.catalog.store import BUILTIN_TINY, BUILTIN_TINY_EMBED, TINY_EMBED_MODEL_ID
 from infermesh.protocol.chat import ChatCompletionRequest, ChatMessage, ImagePart, Tool, ToolCall
 from infermesh.worker.tiny import TINY_MODEL_NAME
 
@@ -152,10 +152,11 @@ class TokenCounters:
         return TokenizerCounter(tokenizer, context_length=spec.context_length)
 
     def _locate(self, engine_model: str) -> Path | None:
-        if engine_model == BUILTIN_TINY:
+        builtin = {BUILTIN_TINY: TINY_MODEL_NAME, BUILTIN_TINY_EMBED: TINY_EMBED_MODEL_ID}
+        if engine_model in builtin:
             if self._models_dir is None:
                 return None
-            directory = self._models_dir / TINY_MODEL_NAME
+            directory = self._models_dir / builtin[engine_model]
         else:
             directory = Path(engine_model)
             if not directory.is_dir():

@@ -5,7 +5,8 @@ yields the rest, each within the inter-chunk deadline and the whole within the
 request's deadline; a worker that misses one fails with
 :class:`~infermesh.errors.WorkerTimeout` and is counted against in routing. What was
 relayed is kept (text size, tool calls), so that the worker's usage can be checked
-against it.
+against it. The vectors of an embedding job are checked as they come (see
+:class:`~infermesh.chat.vectors.VectorAssembly`); a chat job's worker sends none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from infermesh.chat.assembly import CompletionBuilder, ResponseIdentity
-from infermesh.errors import InfermeshError, WorkerTimeout
+from infermesh.chat.vectors import VectorAssembly
+from infermesh.errors import InfermeshError, WorkerMisbehaved, WorkerTimeout
 from infermesh.mesh.registry import Lease
 from infermesh.mesh.worker import text_bytes
 from infermesh.protocol.chat import Usage
@@ -49,8 +51,10 @@ class Generation:
         *,
         deadlines: Deadlines,
         ends_at: float,
+        vectors: VectorAssembly | None = None,
     ) -> None:
         self.identity = identity
+        self.vectors = vectors
         self.lease = lease
         self.builder = CompletionBuilder()
         self.claimed: Usage | None = None
@@ -106,6 +110,8 @@ class Generation:
             ) from None
 
     def _observe(self, chunk: GenerationChunk) -> GenerationChunk:
+        if chunk.embeddings is not None or self.vectors is not None:
+            self._check_vectors(chunk)
         self.builder.add(chunk)
         self.text_bytes += text_bytes(chunk)
         if chunk.progress is not None:
@@ -115,6 +121,21 @@ class Generation:
         if chunk.finish_reason is not None:
             self.lease.end_slot()
         return chunk
+
+    def _check_vectors(self, chunk: GenerationChunk) -> None:
+        """Take the chunk's vectors (an embedding job's); a worker that sends a bad one,
+        too few, or any for a chat job, or text for an embedding job, is penalised."""
+        vectors = self.vectors
+        try:
+            if vectors is None or chunk.content or chunk.tool_calls:
+                raise WorkerMisbehaved("The worker sent output of the wrong kind for the job.")
+            if chunk.embeddings:
+                vectors.add(chunk.embeddings)
+            if chunk.finish_reason is not None:
+                vectors.finish()
+        except WorkerMisbehaved as exc:
+            self.lease.worker.penalize(exc.message)
+            raise
 
 
 async def stop_job(chunks: AsyncIterator[GenerationChunk], node_id: str) -> None:

@@ -1,4 +1,8 @@
-"""One chat request's whole life, owned by one object: :class:`ChatRun`.
+"""One request's whole life, owned by one object: :class:`ChatRun`.
+
+It owns chat completions (and the Responses and Messages APIs, which translate to them)
+and embeddings alike; what differs between them is the run's
+:class:`~infermesh.chat.tasks.Task`.
 
 A run admits the request under its rate limits, holds its largest possible cost,
 leases a worker slot (failing over before the first token), reads the generation
@@ -31,7 +35,8 @@ from infermesh.chat.accounting import Audit, Relayed, UsageBounds, audit_usage, 
 from infermesh.chat.assembly import ResponseIdentity
 from infermesh.chat.counting import TokenCounter, TokenCounters
 from infermesh.chat.generation import Deadlines, Generation, stop_job
-from infermesh.chat.validation import check_request, engine_request
+from infermesh.chat.tasks import ChatTask, EmbeddingTask, task_for
+from infermesh.chat.vectors import VectorAssembly
 from infermesh.errors import (
     BackendError,
     InfermeshError,
@@ -44,7 +49,8 @@ from infermesh.limits.service import Admission, RateLimiter
 from infermesh.mesh.registry import Lease, WorkerRegistry
 from infermesh.mesh.worker import JobTerms
 from infermesh.protocol.chat import ChatCompletionRequest, Usage
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.embeddings import EmbeddingRequest
+from infermesh.protocol.generation import GenerationChunk, WorkerJob
 from infermesh.telemetry import RequestRecord
 
 logger = logging.getLogger(__name__)
@@ -81,6 +87,7 @@ class RunResult:
 class ChatRun:
     """One chat completion request; see the module docstring.
 
+    ``endpoint`` names the API the request came through (its usage record says it).
     A ``prepaid`` run (an async job's) was admitted and had its cost held when it was
     enqueued: it is not admitted again, runs on that charge, and does not settle it;
     its owner settles once the job ends for good (a job that fails may run again on
@@ -90,19 +97,22 @@ class ChatRun:
     def __init__(
         self,
         context: RunContext,
-        request: ChatCompletionRequest,
+        request: ChatCompletionRequest | EmbeddingRequest,
         record: RequestRecord,
         principal: Principal,
         *,
         prepaid: Charge | None = None,
+        endpoint: str = "chat.completions",
     ) -> None:
         self._context = context
+        self.endpoint = endpoint
         self.request = request
+        self.task: ChatTask | EmbeddingTask = task_for(request)
         self._record = record
         self._principal = principal
         self._prepaid = prepaid
         self.outcome: Outcome | None = None
-        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.id = f"{self.task.id_prefix}-{secrets.token_hex(12)}"
         self.started = time.perf_counter()
         self._ends_at = asyncio.get_running_loop().time() + context.deadlines.total
         self.spec: ModelSpec | None = None
@@ -113,7 +123,7 @@ class ChatRun:
         self._counter: TokenCounter | None = None
         self._bounds: UsageBounds | None = None
         self._audited: Audit | None = None
-        self._job: GenerationJob | None = None
+        self._job: WorkerJob | None = None
         self._tried: set[str] = set()
         self._closing: asyncio.Future[RunResult] | None = None
 
@@ -192,20 +202,24 @@ class ChatRun:
     # --- opening ----------------------------------------------------------------------
 
     async def _open(self) -> None:
-        context, request, record = self._context, self.request, self._record
-        spec = self.spec = context.catalog.get(request.model)
+        context, task, record = self._context, self.task, self._record
+        spec = self.spec = context.catalog.get(task.model)
         record.model = spec.id
-        record.stream = bool(request.stream)
-        check_request(request, spec, max_image_bytes=context.max_image_bytes)
+        record.stream = task.streamed
+        task.check(spec, max_image_bytes=context.max_image_bytes)
         if self._prepaid is not None:
             self.charge = self._prepaid
         else:
             context.billing.tiers.check(self._principal.tier, spec.id, spec.tier)
             self._admission = await self._admit()
             self.charge = await context.billing.authorize(
-                self._principal, spec, request, charge_id=self.id, request_id=record.request_id
+                self._principal,
+                spec,
+                task.token_bound(spec),
+                charge_id=self.id,
+                request_id=record.request_id,
             )
-        self._job = GenerationJob(id=self.id, model=spec.id, request=engine_request(request))
+        self._job = task.job(self.id, spec)
 
     async def _admit(self) -> Admission:
         """Let the request in under its rate limits; the headers say how much is left."""
@@ -213,7 +227,7 @@ class ChatRun:
         if limits is None:
             return Admission(None)
         try:
-            admission = await limits.admit(self._principal, self.request)
+            admission = await limits.admit(self._principal, self.task.token_budget())
         except RateLimited as exc:
             self._record.response_headers.update(exc.headers)
             raise
@@ -233,8 +247,13 @@ class ChatRun:
 
     async def _start(self, lease: Lease) -> Generation:
         """The job on ``lease``'s worker, once its first chunk has come."""
-        assert self._job is not None
-        terms = JobTerms(self._max_output_tokens(), on_end=lease.end_slot)
+        assert self._job is not None and self.spec is not None
+        terms = JobTerms(
+            self.task.max_output_tokens(self.spec),
+            on_end=lease.end_slot,
+            vector_chars=self.task.vector_chars(self.spec),
+            vectors=self.task.vector_count,
+        )
         chunks = lease.worker.generate(self._job, terms)
         try:
             first = await self._first_chunk(chunks)
@@ -254,7 +273,15 @@ class ChatRun:
             lease,
             deadlines=self._context.deadlines,
             ends_at=self._ends_at,
+            vectors=self._vector_assembly(),
         )
+
+    def _vector_assembly(self) -> VectorAssembly | None:
+        task = self.task
+        if not isinstance(task, EmbeddingTask):
+            return None
+        assert self.spec is not None
+        return VectorAssembly(len(task.inputs), task.dimensions(self.spec))
 
     async def _first_chunk(self, chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk:
         loop = asyncio.get_running_loop()
@@ -287,22 +314,12 @@ class ChatRun:
 
     # --- usage ------------------------------------------------------------------------
 
-    def _max_output_tokens(self) -> int:
-        assert self.spec is not None
-        requested = self.request.requested_max_tokens()
-        context = self.spec.context_length
-        return context if requested is None else min(requested, context)
-
     def _usage_bounds(self) -> UsageBounds:
         """The bounds of the worker's usage claims (counted when first needed: at the
         end of the request, not on its way to the worker)."""
         if self._bounds is None:
-            request = self.request
-            self._bounds = UsageBounds(
-                prompt_tokens=self._token_counter().prompt_bound(request),
-                max_output_tokens=self._max_output_tokens(),
-                stop_bytes=sum(len(stop.encode()) for stop in request.stop_list()),
-            )
+            assert self.spec is not None
+            self._bounds = self.task.usage_bounds(self._token_counter(), self.spec)
         return self._bounds
 
     def _token_counter(self) -> TokenCounter:
@@ -411,6 +428,7 @@ class ChatRun:
             operator=worker.operator if worker is not None else None,
             finish_reason=finish_reason,
             error_code=error_code,
+            endpoint=self.endpoint,
         )
 
     async def _bill(self, outcome: Outcome) -> Settled | None:

@@ -1,4 +1,5 @@
-"""The chat completion service: runs requests (see :mod:`.run`) and shapes their answers."""
+"""The service that runs requests on the mesh (see :mod:`.run`) and shapes their
+answers: chat completions, and embeddings."""
 
 from __future__ import annotations
 
@@ -15,8 +16,14 @@ from infermesh.chat.run import ChatRun, RunContext, RunResult
 from infermesh.errors import InfermeshError
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
-from infermesh.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from infermesh.protocol.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionUsage,
+)
 from infermesh.protocol.chat import ChoiceDelta as Delta
+from infermesh.protocol.embeddings import EmbeddingRequest
 from infermesh.protocol.errors import ErrorBody
 from infermesh.telemetry import RequestRecord
 
@@ -33,8 +40,19 @@ class Completed:
     result: RunResult
 
 
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """The vectors of an embedding request (base64 of float32, in input order), charged."""
+
+    vectors: list[str]
+    model: str
+    usage: CompletionUsage
+    result: RunResult
+
+
 class ChatService:
-    """Runs chat completions on the mesh, failing over between workers, and bills them."""
+    """Runs chat completions and embeddings on the mesh, failing over between workers,
+    and bills them."""
 
     def __init__(
         self,
@@ -61,14 +79,18 @@ class ChatService:
 
     def run(
         self,
-        request: ChatCompletionRequest,
+        request: ChatCompletionRequest | EmbeddingRequest,
         record: RequestRecord,
         principal: Principal,
         *,
         prepaid: Charge | None = None,
+        endpoint: str = "chat.completions",
     ) -> ChatRun:
-        """A run of ``request``, not opened yet (``prepaid``: see :class:`ChatRun`)."""
-        return ChatRun(self._context, request, record, principal, prepaid=prepaid)
+        """A run of ``request``, not opened yet (``prepaid``, ``endpoint``: see
+        :class:`ChatRun`)."""
+        return ChatRun(
+            self._context, request, record, principal, prepaid=prepaid, endpoint=endpoint
+        )
 
     @property
     def context(self) -> RunContext:
@@ -76,12 +98,28 @@ class ChatService:
         return self._context
 
     async def complete(
-        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
+        self,
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        principal: Principal,
+        *,
+        endpoint: str = "chat.completions",
     ) -> Completed:
         """A whole (non-streamed) completion, charged."""
-        async with self.run(request, record, principal) as run:
+        async with self.run(request, record, principal, endpoint=endpoint) as run:
             await run.complete()
         return self.completed(run)
+
+    async def embed(
+        self, request: EmbeddingRequest, record: RequestRecord, principal: Principal
+    ) -> Embedded:
+        """The vectors of an embedding request, charged."""
+        async with self.run(request, record, principal, endpoint="embeddings") as run:
+            await run.complete()
+        generation, result = run.generation, run.result
+        assert generation is not None and generation.vectors is not None and result is not None
+        usage = billed_usage(result.usage, result.cost)
+        return Embedded(generation.vectors.encoded(), generation.identity.model, usage, result)
 
     @staticmethod
     def completed(run: ChatRun) -> Completed:
@@ -92,12 +130,17 @@ class ChatService:
         return Completed(generation.identity.completion(generation.builder, usage), result)
 
     async def start(
-        self, request: ChatCompletionRequest, record: RequestRecord, principal: Principal
+        self,
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        principal: Principal,
+        *,
+        endpoint: str = "chat.completions",
     ) -> ChatRun:
         """An opened run whose worker has sent its first chunk. Everything that goes
         wrong before that raises here (settled, nothing charged), so the caller can
         still answer with a proper HTTP status; the caller must close the run."""
-        run = self.run(request, record, principal)
+        run = self.run(request, record, principal, endpoint=endpoint)
         await run.open()
         try:
             await run.dispatch()

@@ -21,6 +21,14 @@ MAX_STOP_SEQUENCES = 4
 
 def check_request(request: ChatCompletionRequest, spec: ModelSpec, *, max_image_bytes: int) -> None:
     """Raise :class:`InvalidRequest` for anything the model or the gateway cannot honour."""
+    if spec.kind != "chat":
+        raise InvalidRequest(
+            f"'{spec.id}' is an embedding model; it does not chat. Send it to "
+            "POST /v1/embeddings, or use a chat model (GET /v1/models lists each model's "
+            "kind and endpoints).",
+            param="model",
+            code="model_not_chat",
+        )
     _check_depth(request)
     if request.n is not None and request.n > 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported_parameter")

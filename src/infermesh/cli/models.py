@@ -95,12 +95,19 @@ def add_model(
     ] = None,
     price_minimum: Annotated[str | None, typer.Option(help="USD charged at least.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace a model with the same id.")] = False,
+    kind: Annotated[
+        str, typer.Option(help="chat, or embedding (served on /v1/embeddings).")
+    ] = "chat",
+    dimensions: Annotated[
+        int | None, typer.Option(help="An embedding model's vector length (required for one).")
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Add a model to the catalog (takes effect on the next start of the gateway).
 
-    Without any --price-* option the model is free.
+    Without any --price-* option the model is free; an embedding model is priced with
+    --price-input (per million input tokens).
     """
     prices = {
         "per_request": price_request,
@@ -128,7 +135,11 @@ def add_model(
             capabilities=Capabilities(tools=tools, vision=vision),
             pricing=pricing,
             serve=serve,
+            kind=kind,
+            dimensions=dimensions,
         )
+        if spec.kind == "embedding" and spec.dimensions is None:
+            raise ConfigError("an embedding model needs --dimensions (the length of its vectors)")
         _catalog(data_dir, config).add(spec, replace=replace)
     except (ValidationError, ConfigError) as exc:
         raise _fail(str(exc)) from None

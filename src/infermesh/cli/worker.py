@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from infermesh.catalog.spec import BackendKind, ModelSpec
+from infermesh.catalog.spec import BackendKind, ModelKind, ModelSpec
 from infermesh.cli.options import DataDir, freeze_heap, make_settings, run_fast
 from infermesh.errors import ConfigError
 from infermesh.protocol.wire import Welcome
@@ -49,11 +49,21 @@ Gateways = Annotated[
     ),
 ]
 Serve = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--serve",
-        help="MODEL_ID[=ENGINE_MODEL]: a catalog model and the engine's name (openai) or "
-        "path/hub id (transformers) for it. Repeatable.",
+        help="MODEL_ID[=ENGINE_MODEL]: a catalog chat model and the engine's name (openai) "
+        "or path/hub id (transformers) for it. Repeatable.",
+        show_default=False,
+    ),
+]
+Embed = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--embed",
+        help="MODEL_ID[=ENGINE_MODEL]: a catalog embedding model (for /v1/embeddings) and "
+        "the engine's name or path/hub id for it, on the same backend. Repeatable; "
+        "infermesh-tiny-embed on the transformers backend is the built-in tiny one.",
         show_default=False,
     ),
 ]
@@ -102,7 +112,8 @@ Name = Annotated[
 
 def worker(
     gateway: Gateways,
-    serve: Serve,
+    serve: Serve = None,
+    embed: Embed = None,
     token: Token = None,
     backend: Backend = None,
     upstream_url: UpstreamUrl = None,
@@ -111,7 +122,8 @@ def worker(
     name: Name = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Connect to a gateway of the network and serve its requests for the given models."""
+    """Connect to a gateway of the network and serve its requests for the given models
+    (chat models with --serve, embedding models with --embed)."""
     console = Console(stderr=True, soft_wrap=True)
     settings = make_settings(data_dir=data_dir)
     configure_logging(level=settings.log_level)
@@ -121,7 +133,12 @@ def worker(
     key_env = UPSTREAM_KEY_ENV if upstream_key else None
     try:
         urls = [connect_url(url) for url in gateway]
-        specs = _specs(serve, backend=kind, upstream_url=upstream_url, upstream_key_env=key_env)
+        specs = _specs(
+            {"chat": serve or [], "embedding": embed or []},
+            backend=kind,
+            upstream_url=upstream_url,
+            upstream_key_env=key_env,
+        )
     except ConfigError as exc:
         _fail(console, str(exc))
     options = HostOptions(
@@ -136,6 +153,7 @@ def worker(
         other_urls=tuple(urls[1:]),
         token=token,
         models={spec.id: concurrency for spec in specs},
+        kinds={spec.id: spec.kind for spec in specs},
         name=name,
     )
     agent = WorkerAgent(config, host, ConsoleObserver(console))
@@ -144,22 +162,30 @@ def worker(
 
 
 def _specs(
-    values: list[str],
+    values: dict[ModelKind, list[str]],
     *,
     backend: BackendKind,
     upstream_url: str | None,
     upstream_key_env: str | None,
 ) -> list[ModelSpec]:
+    """The models of the ``--serve`` (chat) and ``--embed`` (embedding) options."""
     specs = [
         serve_spec(
-            value, backend=backend, upstream_url=upstream_url, upstream_key_env=upstream_key_env
+            value,
+            backend=backend,
+            upstream_url=upstream_url,
+            upstream_key_env=upstream_key_env,
+            kind=kind,
         )
-        for value in values
+        for kind, options in values.items()
+        for value in options
     ]
+    if not specs:
+        raise ConfigError("no model to serve: give --serve or --embed (or both)")
     ids = [spec.id for spec in specs]
     duplicates = sorted({model for model in ids if ids.count(model) > 1})
     if duplicates:
-        raise ConfigError(f"--serve names {', '.join(duplicates)} more than once")
+        raise ConfigError(f"--serve and --embed name {', '.join(duplicates)} more than once")
     return specs
 
 

@@ -37,11 +37,14 @@ from infermesh.gateway.routes import (
     admin,
     chat,
     credits,
+    embeddings,
     health,
     limits,
+    messages,
     models,
     payments,
     peers,
+    responses,
     results,
     wallet,
     webhooks,
@@ -181,6 +184,9 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
+    app.include_router(embeddings.router)
     app.include_router(results.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)

@@ -20,6 +20,7 @@ from infermesh.errors import WorkerLost
 from infermesh.mesh.remote import GatewayMessage, WorkerMessage
 from infermesh.protocol.wire import (
     MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Batch,
     Chunk,
     Done,
@@ -63,11 +64,13 @@ class WebSocketLink:
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
         self._send_lock = asyncio.Lock()
+        self.version = PROTOCOL_VERSION
+        """The protocol version of the connection, once the hello is answered."""
 
     async def send(self, frame: GatewayMessage) -> None:
         async with self._send_lock:
             try:
-                await self._websocket.send_text(encode_gateway_frame(frame))
+                await self._websocket.send_text(encode_gateway_frame(frame, self.version))
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                 raise WorkerLost("the worker's connection is closed") from exc
 

@@ -27,7 +27,7 @@ from infermesh.jobs.queue import JobQueue
 from infermesh.jobs.records import ClaimedJob, JobRecord
 from infermesh.jobs.webhook_secrets import WebhookSecrets
 from infermesh.jobs.webhooks import check_target
-from infermesh.limits.service import Admission
+from infermesh.limits.service import Admission, requested_tokens
 from infermesh.protocol.chat import ChatCompletionRequest
 from infermesh.store import utcnow
 from infermesh.telemetry import RequestRecord
@@ -198,7 +198,7 @@ class JobService:
         limits = self._runs.limits
         if limits is None:
             return Admission(None)
-        admission = await limits.admit(principal, request)
+        admission = await limits.admit(principal, requested_tokens(request))
         record.response_headers.update(admission.headers)
         return admission
 

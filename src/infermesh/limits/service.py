@@ -143,12 +143,12 @@ class RateLimiter:
         """Requests of this gateway holding a concurrency slot now."""
         return len(self._live)
 
-    async def admit(self, principal: Principal, request: ChatCompletionRequest) -> Admission:
-        """Let the request in, or raise :class:`RateLimited` (429, with ``headers``),
+    async def admit(self, principal: Principal, budget: int) -> Admission:
+        """Let in a request that asks for ``budget`` tokens (an estimate: see
+        :func:`requested_tokens`), or raise :class:`RateLimited` (429, with ``headers``),
         :class:`InvalidRequest` for a budget larger than a limit, or
         :class:`LimiterUnavailable` when the store is down and the gateway fails closed."""
         limits = await self.book.effective(principal)
-        budget = requested_tokens(request)
         plan = self._plan(principal, limits, budget)
         if not plan.draws and not plan.pools:
             return Admission(None)

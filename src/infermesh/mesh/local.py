@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from infermesh.mesh.worker import JobTerms, Operator
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.generation import GenerationChunk, WorkerJob
 from infermesh.worker.host import ModelHost
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class InProcessWorker:
     def capacity(self, model: str) -> int:
         return self._capacity
 
-    async def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, job: WorkerJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
         chunks = self._host.generate(job)
         try:
             async for chunk in chunks:

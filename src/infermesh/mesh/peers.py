@@ -33,7 +33,7 @@ from infermesh.errors import (
     WorkerLost,
 )
 from infermesh.mesh.worker import JobTerms, Operator
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.generation import GenerationChunk, WorkerJob
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,15 @@ class PeerClient:
         )
 
     async def generate(
-        self, view: PeerWorkerView, job: GenerationJob, terms: JobTerms
+        self, view: PeerWorkerView, job: WorkerJob, terms: JobTerms
     ) -> AsyncIterator[GenerationChunk]:
         """The job's chunks from the worker behind ``view``'s gateway."""
         body = orjson.dumps(
             {
                 "node_id": view.node_id,
                 "max_output_tokens": terms.max_output_tokens,
+                "vector_chars": terms.vector_chars,
+                "vectors": terms.vectors,
                 "job": job.model_dump(mode="json", exclude_none=True),
             }
         )
@@ -212,7 +214,7 @@ class PeerWorker:
     def capacity(self, model: str) -> int:
         return self.view.models.get(model, 0)
 
-    def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+    def generate(self, job: WorkerJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
         return self._client.generate(self.view, job, terms)
 
     def penalize(self, reason: str) -> None:

@@ -30,7 +30,7 @@ from typing import Protocol
 from infermesh.errors import InfermeshError, WorkerFailed, WorkerLost, WorkerMisbehaved
 from infermesh.mesh.worker import JobTerms, Operator, text_bytes
 from infermesh.protocol.chat import Usage
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.generation import GenerationChunk, WorkerJob
 from infermesh.protocol.wire import (
     WORKER_ERROR_CODES,
     Batch,
@@ -155,7 +155,7 @@ class RemoteWorker:
         """Seconds since the worker last sent a frame."""
         return time.monotonic() - self.last_seen
 
-    async def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, job: WorkerJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
         """Send ``job`` and yield its chunks; closing early sends a ``cancel`` frame."""
         if self.closed_reason is not None:
             raise WorkerLost(f"worker {self._node_id} is gone ({self.closed_reason})")
@@ -320,8 +320,12 @@ class RemoteWorker:
 
 
 def _output_bytes(chunk: GenerationChunk) -> int:
-    """The chunk's text and the tool-call ids the worker made up (a flood may hide there)."""
-    return text_bytes(chunk) + sum(len(delta.id or "") for delta in chunk.tool_calls or ())
+    """The chunk's text, the tool-call ids the worker made up (a flood may hide there) and
+    its vectors."""
+    size = text_bytes(chunk) + sum(len(delta.id or "") for delta in chunk.tool_calls or ())
+    if chunk.embeddings:
+        size += sum(len(vector.embedding) for vector in chunk.embeddings)
+    return size
 
 
 def _adds_up(usage: Usage) -> bool:

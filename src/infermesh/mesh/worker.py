@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.generation import GenerationChunk, WorkerJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +33,25 @@ class JobTerms:
 
     A worker that streams more than ``max_output_bytes`` of text or ``max_chunks``
     chunks for a job of at most ``max_output_tokens`` tokens is flooding: the job fails
-    and the worker is penalised. ``on_end`` is called once, as soon as the worker has
-    finished the job (or failed it, or was lost), before the client has read it all.
+    and the worker is penalised. An embedding job has no output tokens but
+    ``vectors`` vectors of ``vector_chars`` characters (base64) in all, in at most as many
+    chunks. ``on_end`` is called once, as soon as
+    the worker has finished the job (or failed it, or was lost), before the client has
+    read it all.
     """
 
     max_output_tokens: int
     on_end: Callable[[], None] = _nothing
+    vector_chars: int = 0
+    vectors: int = 0
 
     @property
     def max_output_bytes(self) -> int:
-        return self.max_output_tokens * MAX_BYTES_PER_TOKEN + OUTPUT_SLACK_BYTES
+        return self.max_output_tokens * MAX_BYTES_PER_TOKEN + self.vector_chars + OUTPUT_SLACK_BYTES
 
     @property
     def max_chunks(self) -> int:
-        return self.max_output_tokens * 2 + OUTPUT_SLACK_CHUNKS
+        return self.max_output_tokens * 2 + self.vectors + OUTPUT_SLACK_CHUNKS
 
 
 def text_bytes(chunk: GenerationChunk) -> int:
@@ -87,7 +92,7 @@ class Worker(Protocol):
         """How many jobs for ``model`` this worker runs at once."""
         ...
 
-    def generate(self, job: GenerationJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
+    def generate(self, job: WorkerJob, terms: JobTerms) -> AsyncIterator[GenerationChunk]:
         """Run ``job`` within ``terms``; closing the iterator early cancels it."""
         ...
 

@@ -56,6 +56,10 @@ class UsageRecordObject(WireModel):
     status: str
     error_code: str | None
     finish_reason: str | None
+    endpoint: str = Field(
+        description="the API the request came through: chat.completions, responses, "
+        "messages or embeddings"
+    )
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

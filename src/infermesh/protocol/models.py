@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from infermesh.protocol.base import WireModel
 
 
@@ -36,6 +38,13 @@ class ModelObject(WireModel):
     capabilities: Capabilities
     pricing: ModelPricing | None = None
     available: bool
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat", description="chat: a chat model; embedding: an embedding model"
+    )
+    endpoints: list[str] = Field(default_factory=list, description="the API paths that serve it")
+    dimensions: int | None = Field(
+        default=None, description="an embedding model's vector length (None for chat models)"
+    )
 
 
 class ModelList(WireModel):

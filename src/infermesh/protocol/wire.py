@@ -18,6 +18,9 @@ Versions: the hello carries the newest version the worker speaks; the gateway an
 with the version of the connection (the lower of the two) in ``welcome.protocol_version``,
 a field it leaves out for a worker of version 1, which knows no such field. Version 2
 adds the ``batch`` frame: what a worker queued while it was writing goes as one frame.
+Version 3 adds kinds of job: a job says its ``kind`` (``chat`` or ``embedding``), a
+model in the hello says the ``kind`` it is served for, and a chunk may carry
+``embeddings``. A gateway sends a worker of version 2 only chat jobs, without ``kind``.
 
 Encoding: a frame the gateway built is serialized without being validated again; a
 frame from a worker (anyone may run one) is parsed and checked in one pass by
@@ -34,12 +37,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from infermesh.protocol.chat import FinishReason, Usage
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.generation import AnyJob, GenerationChunk
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest worker protocol this side speaks."""
 MIN_PROTOCOL_VERSION = 1
-"""The oldest worker protocol a gateway still serves (version 1 has no ``batch`` frame)."""
+"""The oldest worker protocol a gateway still serves (version 1 has no ``batch`` frame,
+versions 1 and 2 have chat jobs only)."""
+KINDS_VERSION = 3
+"""The first version whose jobs and models say their kind."""
 MAX_BATCH_FRAMES = 256
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_JOB_ID = 200
@@ -71,9 +77,15 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ModelKind = Literal["chat", "embedding"]
+
+
 class ServedModel(_Frame):
     id: str = Field(min_length=1, max_length=200)
     concurrency: int = Field(default=1, ge=1, le=4096)
+    kind: ModelKind | None = Field(
+        default=None, description="what the model is served for; None (version 2): chat"
+    )
 
 
 class Hello(_Frame):
@@ -114,7 +126,7 @@ class Heartbeat(_Frame):
 
 class Job(_Frame):
     type: Literal["job"] = "job"
-    job: GenerationJob
+    job: AnyJob
 
 
 class Cancel(_Frame):
@@ -178,11 +190,18 @@ worker_frames: TypeAdapter[Hello | Heartbeat | Chunk | Done | JobError | Drain |
 parser): cheaper than ``orjson.loads`` followed by any validation into these models."""
 
 
-def encode_gateway_frame(frame: Welcome | Refused | Heartbeat | Job | Cancel) -> str:
-    """A frame the gateway built, as JSON text. Fields that are None are left out (a
-    worker of version 1 knows no ``welcome.protocol_version``), but not within a job,
-    whose request goes to the worker as the gateway validated it."""
-    return frame.model_dump_json(exclude_none=not isinstance(frame, Job))
+def encode_gateway_frame(
+    frame: Welcome | Refused | Heartbeat | Job | Cancel, version: int = PROTOCOL_VERSION
+) -> str:
+    """A frame the gateway built, as JSON text, for a worker of ``version``. Fields that
+    are None are left out (a worker of version 1 knows no ``welcome.protocol_version``),
+    but not within a job, whose request goes to the worker as the gateway validated it;
+    a job goes to a worker older than version 3 without its ``kind``."""
+    if isinstance(frame, Job):
+        if version < KINDS_VERSION:
+            return frame.model_dump_json(exclude={"job": {"kind"}})
+        return frame.model_dump_json()
+    return frame.model_dump_json(exclude_none=True)
 
 
 def encode_worker_frame(frame: Hello | Heartbeat | Done | JobError | Drain) -> bytes:
@@ -202,6 +221,10 @@ def encode_chunk(job_id: str, chunk: GenerationChunk) -> bytes:
         ]
     if chunk.progress is not None:
         piece["progress"] = _counts(chunk.progress)
+    if chunk.embeddings is not None:
+        piece["embeddings"] = [
+            {"index": vector.index, "embedding": vector.embedding} for vector in chunk.embeddings
+        ]
     try:
         return orjson.dumps({"type": "chunk", "job_id": job_id, "chunk": piece})
     except orjson.JSONEncodeError:  # what orjson refuses (integers past 64 bits in extras)

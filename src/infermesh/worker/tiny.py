@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,24 @@ SELECT id, name FROM users WHERE active = 1 ORDER BY created_at DESC LIMIT 10;
 
 
 def ensure_tiny_model(models_dir: Path) -> Path:
-    """Return the path of the tiny model under ``models_dir``, building it on first use.
+    """Return the path of the tiny model under ``models_dir``, building it on first use."""
+    return build_once(models_dir, TINY_MODEL_NAME, _build)
+
+
+def build_once(models_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """Return ``models_dir / name``, written by ``build`` into a directory first if it
+    holds no model yet.
 
     The model is built in a temporary directory next to its final place and renamed
     into place, so an interrupted build never leaves a half-written model behind.
     """
-    target = models_dir / TINY_MODEL_NAME
+    target = models_dir / name
     if (target / "config.json").is_file():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}-", dir=models_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
-        _build(staging)
+        build(staging)
         try:
             os.rename(staging, target)
         except OSError:

@@ -116,7 +116,7 @@ async def create_chat_completion(request: Request) -> Response:
         )
         completion = completed.completion
         headers = {"x-infermesh-node-id": completion.metadata.node_id}
-        headers.update(_bill_headers(completed.result))
+        headers.update(bill_headers(completed.result))
         body = _COMPLETION_JSON.dump_json(completion)  # once, by pydantic-core, to bytes
         return Response(body, media_type="application/json", headers=headers)
     run = await unless_client_leaves(request, chat.start(chat_request, record, principal))
@@ -140,7 +140,7 @@ async def create_chat_completion(request: Request) -> Response:
         raise
 
 
-def _bill_headers(result: RunResult) -> dict[str, str]:
+def bill_headers(result: RunResult) -> dict[str, str]:
     headers = {"x-infermesh-cost-micro-usd": str(result.cost)}
     charge, settled = result.charge, result.settled
     if settled is not None and charge is not None and charge.held:

@@ -91,6 +91,7 @@ def _record(record: UsageRecord, unit: CreditUnit) -> UsageRecordObject:
         status=record.status,
         error_code=record.error_code,
         finish_reason=record.finish_reason,
+        endpoint=record.endpoint,
         prompt_tokens=record.prompt_tokens,
         completion_tokens=record.completion_tokens,
         total_tokens=record.prompt_tokens + record.completion_tokens,

@@ -33,6 +33,9 @@ def model_object(spec: ModelSpec, registry: WorkerRegistry) -> ModelObject:
         capabilities=spec.capabilities,
         pricing=_pricing(spec.pricing),
         available=registry.is_available(spec.id),
+        kind=spec.kind,
+        endpoints=list(spec.endpoints),
+        dimensions=spec.dimensions,
     )
 
 

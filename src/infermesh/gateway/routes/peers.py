@@ -27,7 +27,8 @@ from infermesh.mesh.peers import GENERATE_PATH, PENALIZE_PATH, PeerWorker, error
 from infermesh.mesh.registry import Lease
 from infermesh.mesh.worker import JobTerms, Worker
 from infermesh.protocol.base import StrictWireModel
-from infermesh.protocol.generation import GenerationJob
+from infermesh.protocol.embeddings import MAX_EMBEDDING_INPUTS, MAX_VECTOR_CHARS
+from infermesh.protocol.generation import AnyJob
 
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -40,8 +41,10 @@ class ForwardedJob(StrictWireModel):
     """A job another gateway sends to a worker connected here."""
 
     node_id: str = Field(max_length=128)
-    max_output_tokens: int = Field(ge=1, le=MAX_FORWARDED_OUTPUT)
-    job: GenerationJob
+    max_output_tokens: int = Field(ge=0, le=MAX_FORWARDED_OUTPUT)
+    vector_chars: int = Field(default=0, ge=0, le=MAX_EMBEDDING_INPUTS * MAX_VECTOR_CHARS)
+    vectors: int = Field(default=0, ge=0, le=MAX_EMBEDDING_INPUTS)
+    job: AnyJob
 
 
 class Penalty(StrictWireModel):
@@ -122,7 +125,12 @@ async def _slot(services: Services, worker: Worker, forwarded: ForwardedJob) -> 
 
 
 async def _run(worker: Worker, lease: Lease, forwarded: ForwardedJob) -> AsyncIterator[bytes]:
-    terms = JobTerms(forwarded.max_output_tokens, on_end=lease.end_slot)
+    terms = JobTerms(
+        forwarded.max_output_tokens,
+        on_end=lease.end_slot,
+        vector_chars=forwarded.vector_chars,
+        vectors=forwarded.vectors,
+    )
     chunks = worker.generate(forwarded.job, terms)
     tokens = 0
     try:

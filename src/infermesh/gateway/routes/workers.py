@@ -55,6 +55,7 @@ HELLO_TIMEOUT = 10.0
 NOT_IN_CATALOG = "not in this gateway's model catalog"
 NOT_ALLOWED = "not among the models this worker token may serve"
 NO_SLOT_LEFT = "no job slot left for it within this worker token's max_slots ({max_slots})"
+WRONG_KIND = "this gateway serves it for {catalog}; the worker offers it for {offered}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ async def connect_worker(websocket: WebSocket) -> None:
         await _refuse(link, admission, worker=identity.worker_id)
         return
     welcome = admission.welcome
+    link.version = welcome.protocol_version or MIN_PROTOCOL_VERSION
     remote = RemoteWorker(
         welcome.node_id,
         admission.slots,
@@ -227,6 +229,10 @@ def _refusal_reason(model: ServedModel, catalog: Catalog, scope: WorkerScope) ->
         return NOT_IN_CATALOG
     if not scope.allows(model.id):
         return NOT_ALLOWED
+    kind = catalog.get(model.id).kind
+    offered = model.kind or "chat"  # a worker of version 2 serves chat only
+    if kind != offered:
+        return WRONG_KIND.format(catalog=kind, offered=offered)
     return None
 
 

@@ -1,9 +1,11 @@
 """The jobs a worker runs for one gateway connection, each as an asyncio task.
 
 A job's chunks go back as ``chunk`` frames and its end as ``done`` (or ``error``), encoded
-here straight from the backend's chunks (see :func:`~infermesh.protocol.wire.encode_chunk`).
-Each model runs at most its announced number of jobs at once; a job over that limit,
-for a model not served, or sent while draining is answered with an ``error`` frame
+here straight from the backend's chunks (see :func:`~infermesh.protocol.wire.encode_chunk`);
+an embedding job's vectors go in few frames of bounded size (see
+:class:`~infermesh.worker.agent.vector_frames.VectorFrames`). Each model runs at most its
+announced number of jobs at once; a job over that limit, for a model not served (or not
+served for the job's kind), or sent while draining is answered with an ``error`` frame
 straight away so the gateway can try another worker. A job's slot is given back
 before its last frame is sent, so the gateway never sees a slot free that is not.
 """
@@ -18,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from infermesh.errors import BackendError, InfermeshError, InvalidRequest, UpstreamRejected
 from infermesh.protocol.chat import Usage
-from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.protocol.embeddings import EmbeddingJob
+from infermesh.protocol.generation import GenerationChunk, GenerationJob, WorkerJob
 from infermesh.protocol.wire import (
     MAX_ERROR_MESSAGE,
     JobError,
@@ -27,6 +30,7 @@ from infermesh.protocol.wire import (
     encode_worker_frame,
 )
 from infermesh.worker.agent.observer import JobCounts
+from infermesh.worker.agent.vector_frames import VectorFrames
 from infermesh.worker.host import ModelHost
 
 logger = logging.getLogger(__name__)
@@ -63,7 +67,7 @@ class JobRunner:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def submit(self, job: GenerationJob) -> None:
+    async def submit(self, job: WorkerJob) -> None:
         """Start ``job``, or answer at once with the reason it can't run here."""
         refusal = self._refusal(job)
         if refusal is not None:
@@ -97,21 +101,25 @@ class JobRunner:
         """Return once no job is running."""
         await self._idle.wait()
 
-    def _refusal(self, job: GenerationJob) -> tuple[str, str] | None:
+    def _refusal(self, job: WorkerJob) -> tuple[str, str] | None:
         if not self.accepting:
             return "worker_draining", "The worker is draining and takes no new jobs."
         if job.id in self._tasks:
             return "duplicate_job", "A job with this id is already running on this worker."
         limit = self._limits.get(job.model)
-        if limit is None or not self._host.is_ready(job.model):
-            return "model_not_served", f"This worker does not serve '{job.model}'."
+        if limit is None or not self._host.is_ready(job.model, job.kind):
+            served = f"This worker does not serve '{job.model}' for {job.kind} jobs."
+            return "model_not_served", served
         if self._busy.get(job.model, 0) >= limit:
             return "worker_busy", f"This worker already runs {limit} jobs for '{job.model}'."
         return None
 
-    async def _run(self, job: GenerationJob) -> None:
+    async def _run(self, job: WorkerJob) -> None:
         try:
-            final = await self._stream(job)
+            if isinstance(job, EmbeddingJob):
+                final = await self._embed(job)
+            else:
+                final = await self._stream(job)
             self._counts.served += 1
         except ConnectionClosed:
             return  # the gateway is gone; it has failed the job over already
@@ -148,6 +156,22 @@ class JobRunner:
                     rest = joined.take() if joined is not None else None
                     if rest is not None:
                         await self._send(encode_chunk(job.id, rest))
+                    return encode_done(job.id, chunk.finish_reason, chunk.usage or _NO_USAGE)
+        finally:
+            await _close(chunks)
+        raise BackendError("The engine ended the job without finishing it.")
+
+    async def _embed(self, job: EmbeddingJob) -> bytes:
+        """Send the job's vectors (see :class:`VectorFrames`); return its ``done`` frame."""
+        chunks = self._host.generate(job)
+        frames = VectorFrames(len(job.input), asyncio.get_running_loop().time)
+        try:
+            async for chunk in chunks:
+                for piece in frames.add(chunk.embeddings or ()):
+                    await self._send(encode_chunk(job.id, piece))
+                if chunk.finish_reason is not None:
+                    for piece in frames.finish():
+                        await self._send(encode_chunk(job.id, piece))
                     return encode_done(job.id, chunk.finish_reason, chunk.usage or _NO_USAGE)
         finally:
             await _close(chunks)

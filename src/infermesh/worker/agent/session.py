@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from infermesh import __version__
 from infermesh.protocol.wire import (
+    KINDS_VERSION,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Cancel,
@@ -29,6 +30,7 @@ from infermesh.protocol.wire import (
     Heartbeat,
     Hello,
     Job,
+    ModelKind,
     Refused,
     ServedModel,
     Welcome,
@@ -88,7 +90,7 @@ class GatewaySession:
 
     async def handshake(self) -> Welcome:
         """Say hello; return the welcome, or raise :class:`Refusal`."""
-        models = [ServedModel(id=model, concurrency=n) for model, n in self._config.models.items()]
+        models = self._served_models()
         hello = Hello(
             protocol_version=self._protocol_version,
             worker_version=__version__,
@@ -111,13 +113,31 @@ class GatewaySession:
         self._last_heard = time.monotonic()
         return frame
 
+    def _served_models(self) -> list[ServedModel]:
+        """The models the hello announces. An embedding model says its kind; a chat model
+        says none (None is chat), so that a gateway of version 2, which knows no kinds,
+        reads the hello. A hello of a version before kinds leaves embedding models out."""
+        config = self._config
+        models = [
+            ServedModel(id=model, concurrency=slots, kind=_announced(config.kind(model)))
+            for model, slots in config.models.items()
+            if self._protocol_version >= KINDS_VERSION or config.kind(model) == "chat"
+        ]
+        if not models:
+            raise Refusal(
+                "no_known_models",
+                f"this worker serves only embedding models, and a gateway of protocol "
+                f"version {self._protocol_version} serves none",
+            )
+        return models
+
     async def serve(
         self, welcome: Welcome, *, draining: asyncio.Event, force: asyncio.Event
     ) -> str:
         """Run jobs until the connection ends; return why it ended."""
-        announced = self._config.models
-        limits = {model: announced[model] for model in welcome.accepted if model in announced}
         version = min(welcome.protocol_version or MIN_PROTOCOL_VERSION, self._protocol_version)
+        announced = {model.id: model.concurrency for model in self._served_models()}
+        limits = {model: announced[model] for model in welcome.accepted if model in announced}
         outbox = Outbox(self._websocket, batches=version >= 2)
         runner = JobRunner(
             self._host, outbox.send, limits, self._counts, self._observer.jobs_changed
@@ -192,6 +212,10 @@ async def _write(outbox: Outbox) -> str:
         await outbox.run()
     except ConnectionClosed as exc:
         return describe_close(exc)
+
+
+def _announced(kind: ModelKind) -> ModelKind | None:
+    return None if kind == "chat" else kind
 
 
 def _parse(message: str | bytes) -> GatewayMessage | None:

@@ -7,6 +7,9 @@ server-sent events into generation chunks (:mod:`.openai_events`). Of the fields
 sent that the protocol models do not declare, only :data:`ENGINE_EXTRA_FIELDS` reach the
 engine (the gateway drops the others too; this is the worker's own guard).
 
+An embedding job is one ``POST {base_url}/embeddings`` whose answer is checked whole
+(:mod:`.openai_embeddings`) before its vectors go on.
+
 Every job is a new request on keep-alive connections (:mod:`.engine_http`: as many as
 the jobs running at once, which the agent bounds). A stream is read to the end of its
 body after ``[DONE]`` so that its connection can be used again; an engine that keeps the
@@ -26,25 +29,30 @@ import orjson
 
 from infermesh.errors import BackendError, InfermeshError, UpstreamRejected
 from infermesh.protocol.chat import ChatCompletionRequest
+from infermesh.protocol.embeddings import EmbeddingJob
 from infermesh.protocol.engine_fields import ENGINE_EXTRA_FIELDS, declared_fields
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.worker.backends import openai_embeddings
 from infermesh.worker.backends.engine_http import (
     EngineConnections,
     EngineResponse,
     EngineTransportError,
 )
 from infermesh.worker.backends.openai_events import StreamTranslator, sse_lines
+from infermesh.worker.backends.vectors import final_chunk, vector_chunk
 from infermesh.worker.toolcalls import load_json
 
 logger = logging.getLogger(__name__)
 
 _CHAT_PATH = "chat/completions"
+_EMBEDDINGS_PATH = "embeddings"
 _MODELS_PATH = "models"
 _MAX_ERROR_CHARS = 500
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_MODEL_LIST = 8 * 1024 * 1024
 _END_OF_BODY_TIMEOUT = 1.0
 _MAX_LINES_AFTER_DONE = 16
+_PARSE_ON_THREAD_BYTES = 256 * 1024
 
 
 class OpenAIBackend:
@@ -134,6 +142,34 @@ class OpenAIBackend:
             self._warned_no_usage = True
             logger.warning("upstream engine sends no usage; estimating it (about 4 chars a token)")
         yield translator.final_chunk()
+
+    async def embed(
+        self, job: EmbeddingJob, engine_model: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's vectors for ``job``'s inputs, checked, then the tokens it read."""
+        connections = self._require_connections()
+        content = _json_bytes(openai_embeddings.embeddings_body(job, engine_model))
+        try:
+            async with connections.request("POST", _EMBEDDINGS_PATH, content) as response:
+                if response.status >= 400:
+                    raise await _status_error(
+                        response, engine_model=engine_model, api_key=self._api_key
+                    )
+                body = await response.read(openai_embeddings.body_limit(job))
+        except EngineTransportError as exc:
+            raise _transport_error(exc) from exc
+        if len(body) > _PARSE_ON_THREAD_BYTES:  # a large answer takes a while to check
+            answer = await asyncio.to_thread(openai_embeddings.read_answer, body, job)
+        else:
+            answer = openai_embeddings.read_answer(body, job)
+        prompt_tokens = answer.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = openai_embeddings.estimated_tokens(job)
+            if not self._warned_no_usage:
+                self._warned_no_usage = True
+                logger.warning("upstream engine sends no usage; estimating it")
+        yield vector_chunk(answer.indices, answer.vectors)
+        yield final_chunk(prompt_tokens)
 
     def _require_connections(self) -> EngineConnections:
         if self._connections is None:

@@ -1,10 +1,12 @@
 """The in-process backend: models loaded with ``transformers``, served by the batched engine.
 
-Each engine model gets its own :class:`~infermesh.worker.engine.Engine` (a scheduler
+Each chat model gets its own :class:`~infermesh.worker.engine.Engine` (a scheduler
 thread with a continuous batch). ``generate`` renders the chat template, submits the
 prompt and turns the engine's events, delivered into an ``asyncio.Queue`` with
 ``call_soon_threadsafe``, into :class:`GenerationChunk` objects, reading Hermes-style
-tool calls out of the text when the request offered tools.
+tool calls out of the text when the request offered tools. Each embedding model gets an
+:class:`~infermesh.worker.engine.embedder.Embedder`; ``embed`` yields its vectors a
+batch at a time.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 from infermesh.errors import BackendError, InvalidRequest
 from infermesh.protocol.chat import ChatCompletionRequest, FunctionCallDelta, ToolCallDelta, Usage
+from infermesh.protocol.embeddings import EmbeddingJob
 from infermesh.protocol.generation import GenerationChunk, GenerationJob
+from infermesh.worker.backends.vectors import (
+    checked_dimensions,
+    final_chunk,
+    shortened,
+    vector_chunk,
+)
 from infermesh.worker.toolcalls import ToolCallStream
 
 if TYPE_CHECKING:
     from infermesh.worker.engine import Engine, EngineEvent, EngineStatsSnapshot, Finished
+    from infermesh.worker.engine.embedder import Embedder
 
 _DEFAULT_CONTEXT_LENGTH = 4096
 
@@ -63,27 +73,41 @@ class _ServedModel:
 class TransformersBackend:
     """Serves local or hub models with ``transformers`` on this machine's GPU or CPU.
 
-    ``engine_models`` are paths or hub ids; each is loaded by :meth:`start` in bf16/fp16
-    on CUDA when available, else float32 on CPU.
+    ``engine_models`` (chat: causal LMs) and ``embedding_models`` (encoders, loaded with
+    ``AutoModel``) are paths or hub ids; each is loaded by :meth:`start` in bf16/fp16 on
+    CUDA when available, else float32 on CPU.
     """
 
     def __init__(
-        self, engine_models: list[str], *, device: str | None = None, max_batch_size: int = 8
+        self,
+        engine_models: list[str],
+        *,
+        embedding_models: list[str] | None = None,
+        device: str | None = None,
+        max_batch_size: int = 8,
     ) -> None:
         self._engine_models = list(engine_models)
+        self._embedding_models = list(embedding_models or [])
         self._device = device
         self._max_batch_size = max_batch_size
         self._served: dict[str, _ServedModel] = {}
+        self._embedders: dict[str, Embedder] = {}
 
     async def start(self) -> None:
         """Load every engine model and start its engine thread."""
         for name in self._engine_models:
             if name not in self._served:
                 self._served[name] = await asyncio.to_thread(self._load, name)
+        for name in self._embedding_models:
+            if name not in self._embedders:
+                self._embedders[name] = await asyncio.to_thread(self._load_embedder, name)
 
     async def close(self) -> None:
         """Stop every engine; jobs still running end with :class:`BackendError`."""
         served, self._served = list(self._served.values()), {}
+        embedders, self._embedders = list(self._embedders.values()), {}
+        for embedder in embedders:
+            await embedder.close()
         await asyncio.gather(*(asyncio.to_thread(model.engine.close) for model in served))
 
     def engine_stats(self, engine_model: str) -> EngineStatsSnapshot:
@@ -126,6 +150,17 @@ class TransformersBackend:
         finally:
             served.engine.cancel(request_id)
 
+    async def embed(self, job: EmbeddingJob, engine_model: str) -> AsyncIterator[GenerationChunk]:
+        """The vectors of ``job``'s inputs, a batch at a time, then the tokens read."""
+        embedder = self._embedders.get(engine_model)
+        if embedder is None:
+            raise BackendError(f"The embedding model '{engine_model}' is not loaded here.")
+        dimensions = checked_dimensions(job.dimensions, embedder.dimensions)
+        ids = await asyncio.to_thread(embedder.tokenize, job.input)
+        async for indices, vectors in embedder.vectors(ids):
+            yield vector_chunk(indices, shortened(vectors, dimensions))
+        yield final_chunk(sum(len(tokens) for tokens in ids))
+
     def _model(self, engine_model: str) -> _ServedModel:
         served = self._served.get(engine_model)
         if served is None:
@@ -155,6 +190,27 @@ class TransformersBackend:
         )
         engine.start()
         return _ServedModel(engine, tokenizer, _context_length(model, tokenizer))
+
+    def _load_embedder(self, name: str) -> Embedder:
+        """Load an embedding model's tokenizer and weights (runs in a thread)."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from infermesh.worker.engine.embedder import Embedder
+
+        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model: Any = AutoModel.from_pretrained(name, dtype=_dtype_for(device))
+            model = model.to(device).eval()
+        except Exception as exc:
+            raise BackendError(f"Could not load the embedding model '{name}': {exc}") from exc
+        return Embedder(
+            model,
+            tokenizer,
+            context_length=_embedding_context_length(model, tokenizer),
+            max_batch_size=self._max_batch_size,
+        )
 
 
 async def stream_chunks(
@@ -245,3 +301,19 @@ def _context_length(model: Any, tokenizer: Any) -> int:
         if isinstance(value, int) and 0 < value < 10_000_000:
             return value
     return _DEFAULT_CONTEXT_LENGTH
+
+
+def _embedding_context_length(model: Any, tokenizer: Any) -> int:
+    """The most tokens an input may have: the smaller of the model's position limit and
+    the tokenizer's (an encoder's position table may hold a few more than it was
+    trained on)."""
+    config = model.config.get_text_config()
+    limits = [
+        value
+        for value in (
+            getattr(config, "max_position_embeddings", None),
+            getattr(tokenizer, "model_max_length", None),
+        )
+        if isinstance(value, int) and 0 < value < 10_000_000
+    ]
+    return min(limits, default=_DEFAULT_CONTEXT_LENGTH)

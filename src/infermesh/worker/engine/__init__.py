@@ -2,7 +2,8 @@
 
 :class:`Engine` runs one model on a background thread and steps every running request
 together (continuous batching); requests come in as :class:`EngineRequest` and results
-go out as :data:`EngineEvent` through the request's callback.
+go out as :data:`EngineEvent` through the request's callback. Embedding models have
+their own, simpler runner: :class:`~infermesh.worker.engine.embedder.Embedder`.
 """
 
 from __future__ import annotations
