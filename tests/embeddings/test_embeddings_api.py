@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import math
+import random
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import default_models
 from tests.fakes.engine import ScriptedEngine, embedding_of, encode_vector, run_engine
 from tests.mesh.helpers import HEARTBEAT, run_worker
+from tests.support.fuzz import mutated
 from tests.support.gateway import RunningGateway, start_gateway
 
 DIMS = 16
@@ -173,6 +175,33 @@ def test_no_key_unknown_model_and_bad_json(gateway: RunningGateway) -> None:
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     broken = http.post("/v1/embeddings", content=b"{", headers=gateway.auth())
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+
+
+VALID_BODIES: list[dict[str, Any]] = [
+    {"model": "embed", "input": "hello"},
+    {"model": "embed", "input": ["a b", "c"], "encoding_format": "base64", "dimensions": 4},
+    {"model": "embed", "input": [[1, 2], [3]], "encoding_format": "float", "user": "u"},
+    {"model": "embed", "input": [5, 6, 7]},
+]
+
+
+def test_mutated_bodies_never_get_a_server_error(gateway: RunningGateway, worker: None) -> None:
+    rng = random.Random(20261130)
+    statuses: dict[int, int] = {}
+    extra = ["input", "dimensions", "encoding_format", "model"]
+    odd = ["embed", "chat", 2**31]
+    with gateway.http() as http:
+        for _ in range(150):
+            body = mutated(rng, rng.choice(VALID_BODIES), odd, extra_keys=extra)
+            answer = http.post("/v1/embeddings", json=body, headers=gateway.auth())
+            statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+            assert answer.status_code < 500, (body, answer.text)
+            assert answer.headers["x-request-id"]
+            if answer.status_code >= 400:
+                assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+            else:
+                assert answer.json()["object"] == "list"
+    assert statuses.get(200, 0) >= 10 and statuses.get(400, 0) >= 50, statuses
 
 
 def test_the_in_process_engine_serves_the_tiny_embedding_model(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import pytest
 from infermesh.catalog.spec import ModelSpec
 from infermesh.protocol.wire import PROTOCOL_VERSION
 from tests.mesh.helpers import HEARTBEAT, RawWorker, create_worker_token, raw_worker
-from tests.support.gateway import RunningGateway, start_gateway
+from tests.support.gateway import RunningGateway, create_key, start_gateway
 from tests.support.waiting import wait_until
 
 JSON = dict[str, Any]
@@ -46,6 +46,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         tmp_path_factory.mktemp("embeddings-hostile"),
         specs=[embed, chat],
         embedded_worker=False,
+        tier_limits={"emb-tpm": {"tokens_per_minute": 40}},
+        tier_access={"pro": ["*"], "emb-tpm": ["*"]},
         **HEARTBEAT,
     ) as running:
         yield running
@@ -95,14 +97,15 @@ async def next_job(worker: RawWorker) -> JSON:
     return await asyncio.wait_for(worker.next_job(), timeout=30)
 
 
-def embed(gateway: RunningGateway, inputs: list[str], **extra: Any) -> asyncio.Task[httpx.Response]:
-    body = {"model": "raw-embed", "input": inputs, "encoding_format": "base64", **extra}
+def embed(
+    gateway: RunningGateway, inputs: list[str], *, key: str | None = None
+) -> asyncio.Task[httpx.Response]:
+    body = {"model": "raw-embed", "input": inputs, "encoding_format": "base64"}
+    headers = {"Authorization": f"Bearer {key or gateway.key}"}
 
     def post() -> httpx.Response:
         with httpx.Client(timeout=30) as client:
-            return client.post(
-                f"{gateway.base_url}/v1/embeddings", json=body, headers=gateway.auth()
-            )
+            return client.post(f"{gateway.base_url}/v1/embeddings", json=body, headers=headers)
 
     return asyncio.create_task(asyncio.to_thread(post))
 
@@ -237,3 +240,23 @@ def test_the_usage_record_says_embeddings(gateway: RunningGateway, tmp_path: Pat
 
     wait_until(lambda: bool(records()), timeout=10, what="an embeddings usage record")
     assert {record["endpoint"] for record in records()} == {"embeddings"}
+
+
+async def test_embeddings_draw_from_the_token_rate_limit_like_chat(
+    gateway: RunningGateway,
+) -> None:
+    key = await create_key(gateway.settings, "emb-limited", tier="emb-tpm")  # 40 tokens/min
+    too_big = await embed(gateway, ["x" * 200], key=key)  # about 50 tokens: never fits
+    assert too_big.status_code == 400, too_big.text
+    assert too_big.json()["error"]["code"] == "request_exceeds_rate_limit"
+    async with embedder(gateway, "limited") as worker:
+        for _ in range(2):  # 16 + 16 tokens drawn (4 characters a token), then used
+            answer = embed(gateway, ["y" * 64], key=key)
+            job = await next_job(worker)
+            await worker.send(vectors_chunk(job, (0, GOOD)))
+            await worker.send(done(job, prompt=16))
+            assert (await answer).status_code == 200
+    refused = await embed(gateway, ["z" * 64], key=key)  # 16 more than the 8 left
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["param"] == "tokens_per_minute"
+    assert refused.headers["retry-after"]

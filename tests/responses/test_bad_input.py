@@ -4,7 +4,6 @@ with ``response.failed``, and no mutation of a valid body is answered with a 5xx
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from infermesh.catalog.spec import ModelSpec, ServeSpec
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.responses.conftest import ENGINE_KEY, scripted_specs
+from tests.support.fuzz import mutated
 from tests.support.gateway import RunningGateway, start_gateway
 
 SLOW_KEY = "slow-secret"
@@ -198,42 +198,14 @@ VALID_BODIES: list[dict[str, Any]] = [
     {"model": "scripted", "input": "stream me", "stream": True, "temperature": 0.2},
 ]
 ODD_VALUES: list[Any] = [
-    None, True, False, 0, -1, 1.5, 2**70, "", "x", "function", "message", "input_text",
-    [], {}, [None], {"type": None}, {"type": "function"}, "\u0000\ud7ff", "a" * 5000,
-]  # fmt: skip
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from paths(item, (*prefix, index))
-
-
-def mutate(body: dict[str, Any], rng: random.Random) -> Any:
-    """``body`` with one random change at one random place: a value replaced, a key
-    dropped or added, a list item repeated."""
-    body = copy.deepcopy(body)
-    path = rng.choice([p for p in paths(body) if p])
-    parent = body
-    for part in path[:-1]:
-        parent = parent[part]
-    last = path[-1]
-    action = rng.randrange(4)
-    if action == 0:
-        parent[last] = rng.choice(ODD_VALUES)
-    elif action == 1 and isinstance(parent, dict):
-        del parent[last]
-    elif action == 2 and isinstance(parent[last], list) and parent[last]:
-        parent[last].append(copy.deepcopy(parent[last][0]))
-    elif isinstance(parent[last], dict):
-        parent[last][rng.choice(["type", "role", "extra", "id"])] = rng.choice(ODD_VALUES)
-    else:
-        parent[last] = rng.choice(ODD_VALUES)
-    return body
+    "function",
+    "message",
+    "input_text",
+    {"type": "function"},
+    {"type": "message"},
+]
+"""Values that are valid somewhere in a Responses body, besides fuzz's own odd ones."""
+EXTRA_KEYS = ["previous_response_id", "store", "reasoning", "include", "background", "extra"]
 
 
 def test_mutated_bodies_never_get_a_server_error(gateway: RunningGateway) -> None:
@@ -242,7 +214,7 @@ def test_mutated_bodies_never_get_a_server_error(gateway: RunningGateway) -> Non
     headers = {**gateway.auth(), "content-type": "application/json"}
     with gateway.http() as http:
         for _ in range(200):
-            body = mutate(rng.choice(VALID_BODIES), rng)
+            body = mutated(rng, rng.choice(VALID_BODIES), ODD_VALUES, extra_keys=EXTRA_KEYS)
             content = json.dumps(body).encode()
             with http.stream("POST", "/v1/responses", content=content, headers=headers) as answer:
                 text = answer.read().decode()

@@ -12,7 +12,7 @@ from rich.table import Column, Table
 
 from infermesh.billing.money import format_usd
 from infermesh.billing.pricing import Pricing
-from infermesh.catalog.spec import BackendKind, ModelSpec, ServeSpec
+from infermesh.catalog.spec import BackendKind, ModelKind, ModelSpec, ServeSpec
 from infermesh.catalog.store import CatalogFile
 from infermesh.cli.options import ConfigFile, DataDir, JsonOutput, make_settings
 from infermesh.errors import ConfigError
@@ -135,7 +135,7 @@ def add_model(
             capabilities=Capabilities(tools=tools, vision=vision),
             pricing=pricing,
             serve=serve,
-            kind=kind,
+            kind=_kind(kind),
             dimensions=dimensions,
         )
         if spec.kind == "embedding" and spec.dimensions is None:
@@ -173,6 +173,14 @@ def _price(pricing: Pricing | None) -> str:
     if pricing.minimum:
         parts.append(f"min ${format_usd(pricing.minimum)}")
     return " + ".join(parts)
+
+
+def _kind(name: str) -> ModelKind:
+    if name == "chat":
+        return "chat"
+    if name == "embedding":
+        return "embedding"
+    raise ConfigError(f"unknown kind '{name}': use chat or embedding")
 
 
 def _backend(name: str) -> BackendKind:

@@ -207,6 +207,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         log_json=settings.log_json,
         shortcuts={("POST", chat.CHAT_PATH): chat.chat_endpoint},
+        error_renderers={messages.MESSAGES_PATH: messages.anthropic_error},
     )
     return app
 

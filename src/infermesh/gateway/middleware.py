@@ -6,19 +6,24 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from infermesh.errors import PayloadTooLarge
-from infermesh.gateway.errors import error_response, render
+from infermesh.errors import InfermeshError, PayloadTooLarge
+from infermesh.gateway.errors import render
 from infermesh.telemetry import Metrics, RequestRecord, access_logger_name, format_access_line
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(access_logger_name)
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+ErrorRenderer = Callable[[InfermeshError, str], Response]
+"""An error (and the request's id) as the response of one API's envelope."""
 
 
 def new_request_id() -> str:
@@ -35,7 +40,10 @@ class RequestContextMiddleware:
     - writes one access-log line and the metrics when the response is over.
 
     - hands the requests named in ``shortcuts`` (method and path) straight to their own
-      ASGI app, past the framework's routing (the chat completions route).
+      ASGI app, past the framework's routing (the chat completions route);
+    - renders its own errors (413, 500) with the renderer of ``error_renderers`` whose
+      path prefix the request's path has (Anthropic's envelope on ``/v1/messages``), else
+      in OpenAI's envelope.
 
     Per request that is a few header scans, one record, the metrics (cached label
     children) and the access line, formatted only when the access logger logs INFO.
@@ -49,12 +57,14 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         log_json: bool,
         shortcuts: Mapping[tuple[str, str], ASGIApp] | None = None,
+        error_renderers: Mapping[str, ErrorRenderer] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.log_json = log_json
         self.shortcuts = dict(shortcuts or {})
+        self.error_renderers = dict(error_renderers or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,20 +94,18 @@ class RequestContextMiddleware:
             record.route = scope["path"]
         try:
             if _declared_length(scope) > self.max_body_bytes:
-                await render(self._too_large())(scope, receive, send_with_id)
+                await self._render(scope, record, self._too_large())(scope, receive, send_with_id)
             else:
                 await (shortcut or self.app)(scope, self._limited(receive), send_with_id)
         except Exception:
             logger.exception("unhandled error in request %s", record.request_id)
             if not response_started:
-                response = error_response(
-                    500,
+                error = InfermeshError(
                     "The server had an error while processing your request. "
                     f"Quote the request id {record.request_id} if you report it.",
-                    error_type="server_error",
                     code="internal_error",
                 )
-                await response(scope, receive, send_with_id)
+                await self._render(scope, record, error)(scope, receive, send_with_id)
         finally:
             if shortcut is None:
                 record.route = getattr(scope.get("route"), "path", "unmatched")
@@ -105,6 +113,14 @@ class RequestContextMiddleware:
             self.metrics.observe(record)
             if access_logger.isEnabledFor(logging.INFO):  # the line is built only if logged
                 access_logger.info(format_access_line(record, as_json=self.log_json))
+
+    def _render(self, scope: Scope, record: RequestRecord, error: InfermeshError) -> Response:
+        record.error_code = error.code
+        path: str = scope["path"]
+        for prefix, renderer in self.error_renderers.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return renderer(error, record.request_id)
+        return render(error)
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0

@@ -114,11 +114,10 @@ async def create_chat_completion(request: Request) -> Response:
         completed = await unless_client_leaves(
             request, chat.complete(chat_request, record, principal)
         )
-        completion = completed.completion
-        headers = {"x-infermesh-node-id": completion.metadata.node_id}
-        headers.update(bill_headers(completed.result))
-        body = _COMPLETION_JSON.dump_json(completion)  # once, by pydantic-core, to bytes
-        return Response(body, media_type="application/json", headers=headers)
+        body = _COMPLETION_JSON.dump_json(completed.completion)  # once, by pydantic-core
+        return Response(
+            body, media_type="application/json", headers=answer_headers(completed.result)
+        )
     run = await unless_client_leaves(request, chat.start(chat_request, record, principal))
     try:
         options = chat_request.stream_options
@@ -127,17 +126,30 @@ async def create_chat_completion(request: Request) -> Response:
         events = server_sent_events(
             chat.chunks(run, include_usage=include_usage), run.generation.identity
         )
-        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-        if run.generation is not None:
-            headers["x-infermesh-node-id"] = run.generation.identity.node_id
-        charge = run.charge
-        if charge is not None and charge.available is not None:
-            headers["x-infermesh-hold-micro-usd"] = str(charge.held)
-            headers["x-infermesh-available-micro-usd"] = str(charge.available)
-        return RunStream(events, run, headers)
+        return RunStream(events, run, stream_headers(run))
     except BaseException as exc:
         await run.close(exc)
         raise
+
+
+def stream_headers(run: ChatRun) -> dict[str, str]:
+    """The headers of a streamed answer: its worker, and what its hold leaves."""
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+    if run.generation is not None:
+        headers["x-infermesh-node-id"] = run.generation.identity.node_id
+    charge = run.charge
+    if charge is not None and charge.available is not None:
+        headers["x-infermesh-hold-micro-usd"] = str(charge.held)
+        headers["x-infermesh-available-micro-usd"] = str(charge.available)
+    return headers
+
+
+def answer_headers(result: RunResult) -> dict[str, str]:
+    """The headers of a whole answer: its worker, its cost and the balance after it."""
+    headers = bill_headers(result)
+    if result.node_id is not None:
+        headers["x-infermesh-node-id"] = result.node_id
+    return headers
 
 
 def bill_headers(result: RunResult) -> dict[str, str]:

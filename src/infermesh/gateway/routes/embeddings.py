@@ -11,7 +11,7 @@ from infermesh.errors import InvalidRequest
 from infermesh.gateway.deps import authenticate, get_record, get_services
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
-from infermesh.gateway.routes.chat import bill_headers
+from infermesh.gateway.routes.chat import answer_headers
 from infermesh.protocol.embeddings import MAX_EMBEDDING_INPUTS, EmbeddingRequest
 
 router = APIRouter()
@@ -67,7 +67,4 @@ async def create_embeddings(request: Request) -> Response:
             "cost_micro_usd": usage.cost_micro_usd,
         },
     )
-    headers = bill_headers(embedded.result)
-    if embedded.result.node_id is not None:
-        headers["x-infermesh-node-id"] = embedded.result.node_id
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(body, media_type="application/json", headers=answer_headers(embedded.result))

@@ -32,7 +32,7 @@ from infermesh.errors import InfermeshError
 from infermesh.gateway.deps import authenticate, get_record, get_services
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
-from infermesh.gateway.routes.chat import RunStream, bill_headers
+from infermesh.gateway.routes.chat import RunStream, answer_headers, stream_headers
 from infermesh.gateway.state import Services
 from infermesh.protocol.anthropic import (
     ErrorEvent,
@@ -98,9 +98,9 @@ def anthropic_error(error: InfermeshError, request_id: str) -> Response:
     body = ErrorEvent(
         error=ErrorObject(type=error_type(error), message=message), request_id=request_id
     )
-    headers = (
-        {"retry-after": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else None
-    )
+    headers = {"request-id": request_id}
+    if error.retry_after:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     return Response(
         _ERROR_JSON.dump_json(body),
         status_code=error.status_code,
@@ -123,10 +123,10 @@ async def _create_message(
         translated.rename_error(exc)
         raise
     message = message_from(completed.completion)
-    headers = {"x-infermesh-node-id": completed.completion.metadata.node_id}
-    headers.update(bill_headers(completed.result))
     return Response(
-        _MESSAGE_JSON.dump_json(message), media_type="application/json", headers=headers
+        _MESSAGE_JSON.dump_json(message),
+        media_type="application/json",
+        headers=answer_headers(completed.result),
     )
 
 
@@ -149,16 +149,7 @@ async def _stream(
             model=generation.identity.model,
             input_tokens=_prompt_tokens(chat.context.counters.for_model(spec), translated),
         )
-        headers = {
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-            "x-infermesh-node-id": generation.identity.node_id,
-            "request-id": record.request_id,
-        }
-        charge = run.charge
-        if charge is not None and charge.available is not None:
-            headers["x-infermesh-hold-micro-usd"] = str(charge.held)
-            headers["x-infermesh-available-micro-usd"] = str(charge.available)
+        headers = {**stream_headers(run), "request-id": record.request_id}
         return RunStream(_server_sent_events(events, record.request_id), run, headers)
     except BaseException as exc:
         await run.close(exc)

@@ -18,7 +18,7 @@ from infermesh.errors import InvalidRequest
 from infermesh.gateway.deps import authenticate, get_record, get_services
 from infermesh.gateway.disconnect import unless_client_leaves
 from infermesh.gateway.errors import invalid_request_from
-from infermesh.gateway.routes.chat import RunStream, bill_headers
+from infermesh.gateway.routes.chat import RunStream, answer_headers, stream_headers
 from infermesh.protocol.chat import ChatCompletionChunk
 from infermesh.protocol.errors import ErrorBody
 from infermesh.protocol.responses import ResponseRequest, StreamEvent
@@ -64,10 +64,10 @@ async def create_response(request: Request) -> Response:
             answer = response_from(
                 completed.completion, translation.request, completed_at=int(time.time())
             )
-            headers = {"x-infermesh-node-id": completed.completion.metadata.node_id}
-            headers.update(bill_headers(completed.result))
             body = answer.model_dump_json(by_alias=True)
-            return Response(body, media_type="application/json", headers=headers)
+            return Response(
+                body, media_type="application/json", headers=answer_headers(completed.result)
+            )
         started = chat.start(translation.chat, record, principal, endpoint=ENDPOINT)
         run = await unless_client_leaves(request, started)
     except InvalidRequest as exc:
@@ -82,16 +82,7 @@ async def _stream(chat: ChatService, run: ChatRun, translation: Translation) -> 
         assert generation is not None
         stream = ResponseStream(translation.request, generation.identity)
         events = _server_sent_events(chat.chunks(run, include_usage=True), stream)
-        headers = {
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-            "x-infermesh-node-id": generation.identity.node_id,
-        }
-        charge = run.charge
-        if charge is not None and charge.available is not None:
-            headers["x-infermesh-hold-micro-usd"] = str(charge.held)
-            headers["x-infermesh-available-micro-usd"] = str(charge.available)
-        return RunStream(events, run, headers)
+        return RunStream(events, run, stream_headers(run))
     except BaseException as exc:
         await run.close(exc)
         raise
