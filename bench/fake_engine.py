@@ -1,6 +1,7 @@
 """A fast fake OpenAI-compatible engine, so that the engine is never the bottleneck.
 
 Run: python bench/fake_engine.py --port 8001 [--tokens 32] [--model fast=0 --model slow=50]
+    [--dimensions 768]
 
 A raw asyncio (uvloop when installed) HTTP/1.1 server with keep-alive. It answers
 ``GET /v1/models`` and ``POST /v1/chat/completions``, plain or streamed as server-sent
@@ -8,16 +9,25 @@ events (chunked), in the shapes of tests/fakes/engine.py: a role delta, one delt
 token, a finish chunk, and the ``usage`` chunk when ``stream_options.include_usage``.
 A reply has ``max_tokens`` (or ``max_completion_tokens``) tokens, else ``--tokens``.
 Each ``--model NAME=MS`` is served with MS milliseconds between streamed tokens
-(0: the whole stream in one write). Replies are cached by request body, so a repeated
-request costs a dictionary lookup and one write.
+(0: the whole stream in one write). ``POST /v1/embeddings`` answers every model with
+unit vectors of ``dimensions`` (else ``--dimensions``) float32 values drawn from each
+input's SHA-256, as base64 or as numbers (``encoding_format``), and a token per word.
+Replies are cached by request body, so a repeated request costs a dictionary lookup and
+one write.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
+import math
+import random
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _CACHE_LIMIT = 4096
@@ -101,41 +111,99 @@ def stream_reply(body: dict, tokens: list[str], delay: float) -> Reply:
     return Reply(_STREAM_HEAD + events[0] + events[1], tuple(events[2:]), delay)
 
 
-class Engine:
-    """Plans the reply to each request; ``models`` maps a model name to its token delay."""
+def unit_vector(item: object, dimensions: int) -> bytes:
+    """A unit vector of ``dimensions`` little-endian float32 values, the same for the
+    same ``item`` (a string or a list of token ids)."""
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    numbers = random.Random(seed).random
+    values = [numbers() - 0.5 for _ in range(dimensions)]
+    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    return struct.pack(f"<{dimensions}f", *(value / norm for value in values))
 
-    def __init__(self, models: dict[str, float], default_tokens: int) -> None:
+
+def embeddings_reply(body: dict, dimensions: int) -> Reply:
+    inputs = body.get("input")
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and _all_ints(inputs)):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        return error_response("400 Bad Request", "'input' must be a string or a non-empty array")
+    size = int(body.get("dimensions") or dimensions)
+    as_base64 = body.get("encoding_format") == "base64"
+    data, tokens = [], 0
+    for index, item in enumerate(inputs):
+        raw = unit_vector(item, size)
+        value = (
+            base64.b64encode(raw).decode() if as_base64 else list(struct.unpack(f"<{size}f", raw))
+        )
+        data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens += len(item) if isinstance(item, list) else len(str(item).split())
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return Reply(
+        json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+    )
+
+
+def _all_ints(values: list) -> bool:
+    return all(type(value) is int for value in values)
+
+
+class Engine:
+    """Plans the reply to each request; ``models`` maps a model name to its token delay
+    (embedding vectors have ``dimensions`` values unless a request asks for fewer)."""
+
+    def __init__(
+        self, models: dict[str, float], default_tokens: int, dimensions: int = 768
+    ) -> None:
         self.models = models
         self.default_tokens = default_tokens
+        self.dimensions = dimensions
         self._cache: dict[bytes, Reply] = {}
+        self._embeddings_cache: dict[bytes, Reply] = {}
         listing = [{"id": name, "object": "model", "owned_by": "bench"} for name in models]
         self._models_reply = Reply(json_response({"object": "list", "data": listing}))
 
     def reply(self, method: bytes, path: bytes, body: bytes) -> Reply:
         if method == b"GET" and path.startswith(b"/v1/models"):
             return self._models_reply
-        if method != b"POST" or not path.startswith(b"/v1/chat/completions"):
-            return error_response("404 Not Found", "no such endpoint")
-        cached = self._cache.get(body)
-        if cached is None:
-            cached = self._plan(body)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[body] = cached
-        return cached
+        if method == b"POST" and path.startswith(b"/v1/chat/completions"):
+            return _cached(self._cache, body, self._plan)
+        if method == b"POST" and path.startswith(b"/v1/embeddings"):
+            return _cached(self._embeddings_cache, body, self._plan_embeddings)
+        return error_response("404 Not Found", "no such endpoint")
 
-    def _plan(self, raw: bytes) -> Reply:
+    def _request(self, raw: bytes) -> dict | Reply:
+        """The JSON body of a request for a known model, or the error reply."""
         try:
             body = json.loads(raw)
         except ValueError:
             return error_response("400 Bad Request", "bad JSON")
         if not isinstance(body, dict) or body.get("model") not in self.models:
             return error_response("404 Not Found", "unknown model")
+        return body
+
+    def _plan_embeddings(self, raw: bytes) -> Reply:
+        body = self._request(raw)
+        return body if isinstance(body, Reply) else embeddings_reply(body, self.dimensions)
+
+    def _plan(self, raw: bytes) -> Reply:
+        body = self._request(raw)
+        if isinstance(body, Reply):
+            return body
         count = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_tokens
         tokens = [f" t{index}" for index in range(int(count))]
         if body.get("stream"):
             return stream_reply(body, tokens, self.models[body["model"]])
         return completion_reply(body, tokens)
+
+
+def _cached(cache: dict[bytes, Reply], body: bytes, plan: Callable[[bytes], Reply]) -> Reply:
+    cached = cache.get(body)
+    if cached is None:
+        cached = plan(body)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[body] = cached
+    return cached
 
 
 def _content_length(head: bytes) -> int:
@@ -221,8 +289,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--tokens", type=int, default=32, help="tokens when max_tokens is unset")
     parser.add_argument("--model", action="append", help="NAME=MS between tokens (repeatable)")
+    parser.add_argument("--dimensions", type=int, default=768, help="embedding vector length")
     args = parser.parse_args()
-    engine = Engine(parse_models(args.model or ["fast=0", "slow=50"]), args.tokens)
+    models = parse_models(args.model or ["fast=0", "slow=50"])
+    engine = Engine(models, args.tokens, args.dimensions)
     run = asyncio.run
     try:
         import uvloop

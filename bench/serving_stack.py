@@ -25,6 +25,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 FAST_MODEL = "bench"
 SLOW_MODEL = "bench-slow"
+EMBED_MODEL = "bench-embed"
+EMBED_DIMENSIONS = 768
+"""The embedding model (bench/endpoints.py): the fake engine's vectors are this long."""
 PRICES = {"input_per_million": "0.20", "output_per_million": "0.60"}
 HIGH_LIMITS = ["--rpm", "1000000000", "--tpm", "1000000000000", "--tpd", "1000000000000"]
 WORKER_SLOTS = 1100
@@ -161,7 +164,11 @@ class Target:
     worker_pid: int | None = None
 
 
-def start_engine(processes: Processes, workdir: Path, cpus: str, tokens: int) -> Target:
+def start_engine(
+    processes: Processes, workdir: Path, cpus: str, tokens: int, *, embed: bool = False
+) -> Target:
+    """The fake engine with the fast and the slow model (and the embedding model if
+    ``embed``)."""
     port = free_port()
     log = workdir / "engine.log"
     command = [sys.executable, str(BENCH_DIR / "fake_engine.py"), "--port", str(port)]
@@ -173,6 +180,8 @@ def start_engine(processes: Processes, workdir: Path, cpus: str, tokens: int) ->
         "--model",
         f"{SLOW_MODEL}=50",
     ]
+    if embed:
+        command += ["--model", f"{EMBED_MODEL}=0", "--dimensions", str(EMBED_DIMENSIONS)]
     process = processes.start(pinned(cpus, command), log=log, env=dict(os.environ))
     wait_until(
         lambda: http_get(port, "/v1/models")[0] == 200,
@@ -187,8 +196,9 @@ def start_engine(processes: Processes, workdir: Path, cpus: str, tokens: int) ->
 # --- infermesh ---------------------------------------------------------------------
 
 
-def catalog_toml(engine_url: str) -> str:
-    """A catalog of two priced models on the fake engine, one with fast, one with slow tokens."""
+def catalog_toml(engine_url: str, *, embed: bool = False) -> str:
+    """A catalog of two priced models on the fake engine, one with fast, one with slow
+    tokens (and, if ``embed``, a priced embedding model)."""
     entries = []
     for model in (FAST_MODEL, SLOW_MODEL):
         entries.append(
@@ -199,7 +209,20 @@ def catalog_toml(engine_url: str) -> str:
             f'pricing = {{ input_per_million = "{PRICES["input_per_million"]}", '
             f'output_per_million = "{PRICES["output_per_million"]}" }}\n'
         )
+    if embed:
+        entries.append(embedding_entry(engine_url))
     return "\n".join(entries)
+
+
+def embedding_entry(engine_url: str) -> str:
+    return (
+        "[[models]]\n"
+        f'id = "{EMBED_MODEL}"\nkind = "embedding"\ndimensions = {EMBED_DIMENSIONS}\n'
+        f'tier = "fast"\ncontext_length = 512\n'
+        f'serve = {{ backend = "openai", engine_model = "{EMBED_MODEL}", '
+        f'upstream_url = "{engine_url}" }}\n'
+        f'pricing = {{ input_per_million = "{PRICES["input_per_million"]}" }}\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -260,12 +283,15 @@ def start_infermesh(
     engine: Target,
     config: InfermeshConfig,
     cpus: tuple[str, str],
+    *,
+    embed: bool = False,
 ) -> Target:
-    """Gateway (no embedded worker) on ``cpus[0]``, remote worker on ``cpus[1]``."""
+    """Gateway (no embedded worker) on ``cpus[0]``, remote worker on ``cpus[1]`` (serving
+    the embedding model too if ``embed``)."""
     data_dir = workdir / config.name.replace("+", "-")
     data_dir.mkdir()
     engine_url = f"http://127.0.0.1:{engine.port}/v1"
-    (data_dir / "models.toml").write_text(catalog_toml(engine_url))
+    (data_dir / "models.toml").write_text(catalog_toml(engine_url, embed=embed))
     env = infermesh_env(data_dir, config)
     key, token = provision(env)
     port = free_port()
@@ -280,7 +306,7 @@ def start_infermesh(
         log=log,
     )
     worker = processes.start(
-        pinned(cpus[1], worker_command(port, token, engine_url)),
+        pinned(cpus[1], worker_command(port, token, engine_url, embed=embed)),
         log=data_dir / "worker.log",
         env=env,
     )
@@ -295,12 +321,13 @@ def start_infermesh(
     return Target(config.name, port, key, gateway.pid, worker.pid)
 
 
-def worker_command(port: int, token: str, engine_url: str) -> list[str]:
+def worker_command(port: int, token: str, engine_url: str, *, embed: bool = False) -> list[str]:
+    embedding = ["--embed", f"{EMBED_MODEL}={EMBED_MODEL}"] if embed else []
     return [
         sys.executable, "-m", "infermesh", "worker", "--gateway", f"http://127.0.0.1:{port}",
         "--token", token, "--backend", "openai", "--upstream-url", engine_url,
         "--serve", f"{FAST_MODEL}={FAST_MODEL}", "--serve", f"{SLOW_MODEL}={SLOW_MODEL}",
-        "--concurrency", str(WORKER_SLOTS), "--name", "bench",
+        *embedding, "--concurrency", str(WORKER_SLOTS), "--name", "bench",
     ]  # fmt: skip
 
 

@@ -31,7 +31,7 @@ from infermesh.catalog.spec import ModelSpec
 from infermesh.catalog.store import CatalogFile
 from infermesh.config import Settings
 from infermesh.store.database import Database
-from tests.fakes.engine import ScriptedEngine, run_engine
+from tests.fakes.engine import ScriptedEngine, embedding_of, run_engine
 from tests.mesh.helpers import WorkerProcess, create_worker_token, openai_worker, run_worker
 from tests.support.postgres import postgres_database, require_postgres
 from tests.support.processes import RunningProcess, infermesh_command
@@ -42,6 +42,8 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.postgres
 
 MODELS = ["net-a", "net-b"]
+EMBEDDER = "net-embed"
+"""An embedding model, served by gateway a's worker next to net-a."""
 GRANT = 100_000_000
 
 
@@ -117,8 +119,12 @@ class Network:
 
 def catalog() -> list[ModelSpec]:
     price = Pricing(per_request=0.001, input_per_million=10, output_per_million=20)
+    embedder = ModelSpec(
+        id=EMBEDDER, kind="embedding", dimensions=16, context_length=512, pricing=price
+    )
     return [
-        ModelSpec(id=model, tier="fast", context_length=4096, pricing=price) for model in MODELS
+        *(ModelSpec(id=model, tier="fast", context_length=4096, pricing=price) for model in MODELS),
+        embedder,
     ]
 
 
@@ -130,7 +136,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     CatalogFile(root / "models.toml").save(catalog())
     with ExitStack() as stack:
         database_url = stack.enter_context(postgres_database())
-        engine = stack.enter_context(run_engine(models=["scripted-1"], chunk_delay=0.01))
+        engine = stack.enter_context(
+            run_engine(models=["scripted-1", "embed-1"], chunk_delay=0.01, embedding_dimensions=16)
+        )
         env = {
             "INFERMESH_DATABASE_URL": database_url,
             "INFERMESH_REDIS_URL": redis_url(),
@@ -147,17 +155,19 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             gateway.wait_ready()
         for name, model in (("a", "net-a"), ("b", "net-b")):
             token = asyncio.run(create_worker_token(net.settings, f"rig-{name}"))
+            embeds = ["--embed", f"{EMBEDDER}=embed-1"] if name == "a" else []
             net.workers[name] = stack.enter_context(
                 run_worker(
                     net.gateways[name].base_url,
                     *openai_worker(engine, model, concurrency=4),
+                    *embeds,
                     token=token,
                     data_dir=root / f"worker-{name}",
                 )
             )
         for gateway in net.gateways.values():
             wait_until(
-                lambda g=gateway: all(g.models().get(model) for model in MODELS),
+                lambda g=gateway: all(g.models().get(model) for model in [*MODELS, EMBEDDER]),
                 timeout=30,
                 what=f"every model available on gateway {gateway.name}",
             )
@@ -231,6 +241,25 @@ def test_every_gateway_serves_every_model_and_bills_once(network: Network) -> No
     spent = sum(record["cost"]["micro_usd"] for record in records)
     assert spent > 0
     wait_until(lambda: balance(network.gateways["b"], key) == GRANT - spent, timeout=30)
+
+
+def test_embeddings_are_forwarded_to_the_gateway_that_holds_their_worker(
+    network: Network,
+) -> None:
+    key = network.key("vectors")
+    node = network.workers["a"].node_id
+    texts = ["one fish", "two fish"]
+    for gateway in network.gateways.values():  # a holds the worker; b and c forward to it
+        answer = gateway.client(key).embeddings.create(model=EMBEDDER, input=texts)
+        assert [item.embedding for item in answer.data] == [
+            embedding_of(text, 16, 16) for text in texts
+        ]
+        assert answer.usage.prompt_tokens == 4
+    wait_until(lambda: len(usage_records(network.gateways["b"], key)) == 3, timeout=30)
+    records = usage_records(network.gateways["b"], key)
+    assert {(r["endpoint"], r["node_id"], r["status"]) for r in records} == {
+        ("embeddings", node, "succeeded")
+    }
 
 
 def test_a_restarted_gateway_leaves_the_other_workers_online(network: Network) -> None:
