@@ -116,7 +116,10 @@ class ScriptedEngine:
             ]
         )
 
-    async def _embeddings(self, request: Request) -> Response:
+    async def _accepted(
+        self, request: Request, check: Callable[[JSON], Response | None]
+    ) -> JSON | Response:
+        """The JSON body of a POST (kept in :attr:`requests`), or the refusal to answer."""
         try:
             body = await request.json()
         except ValueError:
@@ -124,9 +127,13 @@ class ScriptedEngine:
         if not isinstance(body, dict):
             return _error(400, "We could not parse the JSON body of your request.")
         self.requests.append(body)
-        refusal = self._check_auth(request) or self._check_model(body)
-        if refusal is not None:
-            return refusal
+        refusal = self._check_auth(request) or check(body)
+        return body if refusal is None else refusal
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._accepted(request, self._check_model)
+        if isinstance(body, Response):
+            return body
         inputs = body.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and _is_ids(inputs)):
             inputs = [inputs]
@@ -156,16 +163,9 @@ class ScriptedEngine:
         return JSONResponse({"object": "list", "data": data})
 
     async def _chat_completions(self, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.")
-        self.requests.append(body)
-        refusal = self._check_auth(request) or self._check_request(body)
-        if refusal is not None:
-            return refusal
+        body = await self._accepted(request, self._check_request)
+        if isinstance(body, Response):
+            return body
         reply = _plan_reply(body)
         head = _head(body["model"])
         if body.get("stream"):

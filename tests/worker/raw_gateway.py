@@ -140,6 +140,16 @@ async def running_agent(
     """A real worker agent serving ``m`` on ``engine``, connected to ``gateway``."""
     host = ModelHost([engine_spec(engine)], HostOptions(models_dir=models_dir))
     config = AgentConfig(url=gateway.url, token="t", models={"m": concurrency})
+    async with agent_of(gateway, config, host) as agent:
+        yield agent
+
+
+@asynccontextmanager
+async def agent_of(
+    gateway: RawGateway, config: AgentConfig, host: ModelHost
+) -> AsyncIterator[WorkerAgent]:
+    """A real worker agent of ``config`` on ``host``, connected to ``gateway``; drained
+    and finished at the end of the block."""
     agent = WorkerAgent(config, host, LoggingObserver())
     running = asyncio.create_task(agent.run())
     try:

@@ -29,7 +29,7 @@ from infermesh.protocol.wire import (
     encode_chunk,
     worker_frames,
 )
-from infermesh.worker.agent import AgentConfig, LoggingObserver, WorkerAgent, serve_spec
+from infermesh.worker.agent import AgentConfig, WorkerAgent, serve_spec
 from infermesh.worker.agent.outbox import Outbox
 from infermesh.worker.agent.vector_frames import (
     JOIN_SECONDS,
@@ -41,7 +41,7 @@ from infermesh.worker.tiny_embed import ensure_tiny_embed_model
 from tests.fakes.engine import ScriptedEngine, run_engine
 from tests.support.servers import free_port
 from tests.worker.embedding_upstream import EmbeddingUpstream, run_embedding_upstream
-from tests.worker.raw_gateway import RawGateway, raw_gateway
+from tests.worker.raw_gateway import RawGateway, agent_of, raw_gateway
 
 JSON = dict[str, Any]
 
@@ -176,15 +176,8 @@ async def embedding_agent(
         models={"m": 2, "e": 2, "big": 2},
         kinds={"e": "embedding", "big": "embedding"},
     )
-    agent = WorkerAgent(config, host, LoggingObserver())
-    running = asyncio.create_task(agent.run())
-    try:
-        await gateway.connection()
+    async with agent_of(gateway, config, host) as agent:
         yield agent
-    finally:
-        agent.drain()
-        agent.drain()
-        await asyncio.wait_for(running, timeout=30)
 
 
 async def send(gateway: RawGateway, job: JSON) -> None:

@@ -167,20 +167,27 @@ class TransformersBackend:
             raise BackendError(f"The engine model '{engine_model}' is not loaded on this worker.")
         return served
 
-    def _load(self, name: str) -> _ServedModel:
-        """Load tokenizer and weights, and start an engine for them (runs in a thread)."""
+    def _weights(self, name: str, *, embedding: bool) -> tuple[Any, Any]:
+        """The tokenizer and the model (a causal LM, or an encoder for embeddings) of
+        ``name``, on this backend's device, for inference (runs in a thread)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from infermesh.worker.engine import Engine
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        auto = AutoModel if embedding else AutoModelForCausalLM
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype_for(device))
-            model = model.to(device).eval()
+            model: Any = auto.from_pretrained(name, dtype=_dtype_for(device))
+            return tokenizer, model.to(device).eval()
         except Exception as exc:
-            raise BackendError(f"Could not load the engine model '{name}': {exc}") from exc
+            what = "embedding model" if embedding else "engine model"
+            raise BackendError(f"Could not load the {what} '{name}': {exc}") from exc
+
+    def _load(self, name: str) -> _ServedModel:
+        """Load tokenizer and weights, and start an engine for them (runs in a thread)."""
+        from infermesh.worker.engine import Engine
+
+        tokenizer, model = self._weights(name, embedding=False)
         engine = Engine(
             model,
             copy.deepcopy(tokenizer),
@@ -193,18 +200,9 @@ class TransformersBackend:
 
     def _load_embedder(self, name: str) -> Embedder:
         """Load an embedding model's tokenizer and weights (runs in a thread)."""
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
         from infermesh.worker.engine.embedder import Embedder
 
-        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model: Any = AutoModel.from_pretrained(name, dtype=_dtype_for(device))
-            model = model.to(device).eval()
-        except Exception as exc:
-            raise BackendError(f"Could not load the embedding model '{name}': {exc}") from exc
+        tokenizer, model = self._weights(name, embedding=True)
         return Embedder(
             model,
             tokenizer,
