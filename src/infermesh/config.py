@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     admin_lockout_window: float = Field(
         default=60.0, gt=0, description="seconds over which wrong admin keys are counted"
     )
+    dashboard_session_ttl: float = Field(
+        default=12 * 3600.0,
+        ge=60,
+        le=30 * 24 * 3600.0,
+        description="seconds a dashboard sign-in lasts",
+    )
     tier_access: dict[str, list[str]] | None = Field(
         default=None, description='account tier → model tiers, e.g. {"free": ["fast"]}'
     )

@@ -13,6 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from infermesh import __version__
+from infermesh.accounts.sessions import DashboardSessions
 from infermesh.accounts.setup import build_accounts, build_wallets
 from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
@@ -31,6 +32,7 @@ from infermesh.chat.service import ChatService
 from infermesh.config import Settings
 from infermesh.errors import ConfigError
 from infermesh.gateway.admin_lockout import AdminAttempts
+from infermesh.gateway.dashboard import install_dashboard
 from infermesh.gateway.errors import install_error_handlers
 from infermesh.gateway.middleware import RequestContextMiddleware
 from infermesh.gateway.routes import (
@@ -126,6 +128,9 @@ def create_app(
             wallets=build_wallets(settings, database, accounts),
             payments=topups,
             channels=channels,
+            sessions=DashboardSessions(
+                database, ttl=timedelta(seconds=settings.dashboard_session_ttl)
+            ),
         )
         # Heard from every REVOCATION_CHECK_EVERY heartbeats while connected anywhere.
         silent = settings.heartbeat_interval * REVOCATION_CHECK_EVERY * 4
@@ -201,6 +206,7 @@ def create_app(
     app.include_router(payments.admin_router)
     app.include_router(limits.router)
     app.include_router(limits.admin_router)
+    install_dashboard(app)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

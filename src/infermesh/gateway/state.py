@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.sessions import DashboardSessions
 from infermesh.accounts.wallets import WalletSignIn
 from infermesh.accounts.workers import WorkerTokenService
 from infermesh.billing.admin import CreditAdmin
@@ -45,5 +46,6 @@ class Services:
     webhook_secrets: WebhookSecrets
     wallets: WalletSignIn
     channels: ChannelService
+    sessions: DashboardSessions
     payments: PaymentParts | None = None
     """USDC top-ups and payouts; None when payments are not configured."""

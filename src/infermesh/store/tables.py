@@ -590,3 +590,25 @@ class ChannelMessage(Base):
     content: Mapped[str] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DashboardSession(Base):
+    """A signed-in browser of the dashboard: only the SHA-256 of its cookie is kept.
+
+    It belongs to an account (signed in with one of its API keys, or with its wallet)
+    or is the admin's (``admin``, no account). ``csrf`` is the token every form of the
+    session must send back. A session signed in with a key ends when the key is revoked.
+    """
+
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    wallet: Mapped[str | None] = mapped_column(String(42))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
