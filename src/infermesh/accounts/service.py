@@ -46,7 +46,8 @@ _MAX_TIER_LENGTH = 32
 
 
 class AccountService:
-    """Creates accounts and keys, lists, revokes and rotates keys, authenticates them.
+    """Creates accounts and keys, lists, renames, revokes and rotates keys, authenticates
+    them.
 
     ``clock`` gives the current UTC time (tests pass their own).
 
@@ -147,6 +148,14 @@ class AccountService:
             if key.revoked_at is None:
                 key.revoked_at = self._clock()
         await self._announce(KeyChange("key", key.id))
+        return _key_record(key, owner)
+
+    async def rename_key(self, key_id: str, name: str | None) -> KeyRecord:
+        """Give ``key_id`` the label ``name`` (None: no label); revoked keys too."""
+        _check_key_name(name)
+        async with self._db.session() as session, session.begin():
+            key, owner = await _key_or_not_found(session, key_id, lock=True)
+            key.name = name
         return _key_record(key, owner)
 
     async def rotate_key(self, key_id: str) -> CreatedKey:

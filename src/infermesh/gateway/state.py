@@ -18,6 +18,7 @@ from infermesh.gateway.admin_lockout import AdminAttempts
 from infermesh.jobs.runner import QueueRunner
 from infermesh.jobs.service import JobService
 from infermesh.jobs.webhook_secrets import WebhookSecrets
+from infermesh.limits.admin import LimitAdmin
 from infermesh.limits.service import RateLimiter
 from infermesh.mesh.registry import WorkerRegistry
 from infermesh.payments.setup import PaymentParts
@@ -49,3 +50,7 @@ class Services:
     sessions: DashboardSessions
     payments: PaymentParts | None = None
     """USDC top-ups and payouts; None when payments are not configured."""
+
+    def limit_admin(self) -> LimitAdmin:
+        """The rate-limit settings, as the admin API, the CLI and the dashboard change them."""
+        return LimitAdmin(self.limits.book, self.accounts, known_tiers=self.billing.tiers.tiers())

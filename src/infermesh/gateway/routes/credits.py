@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from infermesh.billing.money import CreditUnit, format_usd
-from infermesh.billing.usage import UsageRecord, UsageTotals
+from infermesh.billing.usage import UsageFilter, UsageRecord, UsageTotals
 from infermesh.billing.views import amount
 from infermesh.gateway.deps import PrincipalDep, ServicesDep
 from infermesh.protocol.credits import (
@@ -21,6 +21,8 @@ from infermesh.protocol.credits import UsageTotals as UsageTotalsObject
 from infermesh.store import utcnow
 
 router = APIRouter()
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: later times are not dates
+UnixTime = Annotated[int | None, Query(ge=0, le=LAST_SECOND)]
 
 
 @router.get("/v1/credits/balance")
@@ -49,11 +51,30 @@ async def list_usage(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=100)] = None,
+    model: str | None = None,
+    status: str | None = None,
+    endpoint: str | None = None,
+    key_id: str | None = None,
+    since: UnixTime = None,
+    until: UnixTime = None,
 ) -> UsagePage:
-    """The caller's requests, newest first: counts, cost, worker, status, latency."""
+    """The caller's requests, newest first: counts, cost, worker, status, latency.
+
+    Each filter given narrows the list: ``model``, ``status`` (succeeded, failed,
+    cancelled), ``endpoint``, ``key_id``, and ``since`` (inclusive) / ``until``
+    (exclusive) in Unix seconds.
+    """
+    matching = UsageFilter(
+        model=model,
+        status=status,
+        endpoint=endpoint,
+        key_id=key_id,
+        since=_moment(since),
+        until=_moment(until),
+    )
     await services.billing.flush()
     records, has_more = await services.billing.usage.page(
-        principal.account_id, limit=limit, after=after
+        principal.account_id, limit=limit, after=after, matching=matching
     )
     unit = services.billing.unit
     data = [_record(record, unit) for record in records]
@@ -68,6 +89,10 @@ async def get_usage(
     await services.billing.flush()
     record = await services.billing.usage.get(principal.account_id, record_id)
     return _record(record, services.billing.unit)
+
+
+def _moment(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 def _totals(totals: UsageTotals, unit: CreditUnit) -> UsageTotalsObject:

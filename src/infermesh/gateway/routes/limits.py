@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from infermesh.errors import InvalidRequest
 from infermesh.gateway.deps import AdminDep, PrincipalDep, ServicesDep
 from infermesh.gateway.state import Services
-from infermesh.limits.admin import LimitAdmin, state_objects
+from infermesh.limits.admin import state_objects
 from infermesh.limits.book import Scope
 from infermesh.limits.policy import parse_settings
 from infermesh.protocol.limits import LimitSettingsObject, RateLimits
@@ -42,7 +42,7 @@ async def my_limits(principal: PrincipalDep, services: ServicesDep) -> RateLimit
 @admin_router.get("/tiers/{tier}/limits")
 async def tier_limits(tier: str, services: ServicesDep) -> LimitSettingsObject:
     """A tier's limits: configured, with what an admin set on top."""
-    return (await _admin(services).show("tier", tier)).wire()
+    return (await services.limit_admin().show("tier", tier)).wire()
 
 
 @admin_router.patch("/tiers/{tier}/limits")
@@ -56,7 +56,7 @@ async def set_tier_limits(
 @admin_router.get("/accounts/{name}/limits")
 async def account_limits(name: str, services: ServicesDep) -> LimitSettingsObject:
     """An account's limits: its own settings and those in force."""
-    return (await _admin(services).show("account", name)).wire()
+    return (await services.limit_admin().show("account", name)).wire()
 
 
 @admin_router.patch("/accounts/{name}/limits")
@@ -70,7 +70,7 @@ async def set_account_limits(
 @admin_router.get("/keys/{key_id}/limits")
 async def key_limits(key_id: str, services: ServicesDep) -> LimitSettingsObject:
     """A key's own limits, and its account's."""
-    return (await _admin(services).show("key", key_id)).wire()
+    return (await services.limit_admin().show("key", key_id)).wire()
 
 
 @admin_router.patch("/keys/{key_id}/limits")
@@ -79,12 +79,6 @@ async def set_key_limits(
 ) -> LimitSettingsObject:
     """Set a key's own limits, which narrow its account's."""
     return await _update(services, "key", key_id, changes)
-
-
-def _admin(services: Services) -> LimitAdmin:
-    return LimitAdmin(
-        services.limits.book, services.accounts, known_tiers=services.billing.tiers.tiers()
-    )
 
 
 async def _update(
@@ -100,4 +94,4 @@ async def _update(
         settings = parse_settings(changes)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid limits: {exc}.", code="invalid_limits") from None
-    return (await _admin(services).update(scope, subject, settings)).wire()
+    return (await services.limit_admin().update(scope, subject, settings)).wire()

@@ -1,6 +1,9 @@
 // infermesh dashboard: small progressive enhancements; every page works without them.
 "use strict";
 
+// Copy buttons are hidden until this script runs: without it they would do nothing.
+for (const button of document.querySelectorAll("button[data-copy][hidden]")) button.hidden = false;
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;

@@ -37,12 +37,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_dashboard_sessions")),
     )
-    op.create_index(
-        op.f("ix_dashboard_sessions_account_id"), "dashboard_sessions", ["account_id"]
-    )
-    op.create_index(
-        op.f("ix_dashboard_sessions_expires_at"), "dashboard_sessions", ["expires_at"]
-    )
+    op.create_index(op.f("ix_dashboard_sessions_account_id"), "dashboard_sessions", ["account_id"])
+    op.create_index(op.f("ix_dashboard_sessions_expires_at"), "dashboard_sessions", ["expires_at"])
 
 
 def downgrade() -> None:
