@@ -12,13 +12,22 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from infermesh.gateway.dashboard import auth
-from infermesh.gateway.dashboard.pages import keys, overview, usage
+from infermesh.gateway.dashboard.pages import (
+    admin,
+    billing,
+    jobs,
+    keys,
+    overview,
+    usage,
+    wallet,
+    workers,
+)
 from infermesh.gateway.dashboard.web import PREFIX, STATIC
 
 
 def install_dashboard(app: FastAPI) -> None:
     """Add the dashboard's pages and static files to ``app``."""
     app.include_router(auth.router)
-    for page in (overview, keys, usage):
+    for page in (overview, keys, usage, billing, jobs, workers, admin, wallet):
         app.include_router(page.router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="dashboard-static")
