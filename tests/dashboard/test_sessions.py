@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 
 import httpx
 import pytest
 
+from infermesh.accounts.records import Principal
 from infermesh.accounts.service import AccountService
+from infermesh.accounts.sessions import DashboardSessions
+from infermesh.config import Settings
 from infermesh.store.database import Database
 from tests.support.gateway import RunningGateway, create_key, start_gateway
 
@@ -205,3 +209,23 @@ def test_wrong_keys_lock_an_address_out_of_the_admin_sign_in(tmp_path: Path) -> 
         refused = sign_in(client, ADMIN_KEY)  # the right key, too late
         assert refused.status_code == 429 and "too many" in refused.text.lower()
         assert sign_in(client, locked.key).status_code == 303  # a user's key still works
+
+
+async def test_expired_sessions_are_refused_and_purged(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    database = Database.from_settings(settings)
+    try:
+        await database.migrate()
+        account = await AccountService(database).create_key("clocked")
+        now = [datetime(2026, 1, 1, tzinfo=UTC)]
+        sessions = DashboardSessions(database, ttl=timedelta(hours=1), clock=lambda: now[0])
+        record = account.record
+        principal = Principal(record.id, record.account_id, record.account, "free")
+        opened = await sessions.open_for_key(principal)
+        assert await sessions.find(opened.token) is not None
+        now[0] += timedelta(hours=1)
+        assert await sessions.find(opened.token) is None  # at its expiry, not a second later
+        assert await sessions.purge_expired() == 1
+        assert await sessions.purge_expired() == 0
+    finally:
+        await database.dispose()

@@ -138,6 +138,7 @@ def create_app(
         presence = build_presence(settings, registry)
         sharing = asyncio.create_task(presence.run()) if presence is not None else None
         expiring = asyncio.create_task(_expire_holds(billing, settings.hold_ttl))
+        purging = asyncio.create_task(_purge_sessions(app.state.services.sessions))
         renewing = asyncio.create_task(limiter.keep_slots_alive())
         settling = asyncio.create_task(billing.run())
         keeping_keys = asyncio.create_task(accounts.keep_keys_fresh())
@@ -164,7 +165,7 @@ def create_app(
             await channels.notifier.close()
             if topups is not None:
                 await topups.stop()
-            for task in (expiring, renewing, settling, keeping_keys):
+            for task in (expiring, purging, renewing, settling, keeping_keys):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -244,6 +245,16 @@ async def _expire_holds(billing: BillingService, hold_ttl: float) -> None:
             await billing.expire_holds()
         except Exception:
             logger.exception("releasing expired credit holds failed; will try again")
+        await asyncio.sleep(interval)
+
+
+async def _purge_sessions(sessions: DashboardSessions, interval: float = 600.0) -> None:
+    """Delete expired dashboard sessions now and then (they are refused anyway)."""
+    while True:
+        try:
+            await sessions.purge_expired()
+        except Exception:
+            logger.exception("deleting expired dashboard sessions failed; will try again")
         await asyncio.sleep(interval)
 
 
