@@ -65,3 +65,12 @@ class Principal:
     account_id: int
     account_name: str
     tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    """An account as the admin's list shows it: the account and how many keys it has."""
+
+    account: AccountRecord
+    active_keys: int
+    revoked_keys: int

@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from infermesh.accounts.key_cache import CachedKey, KeyCache, KeyChange
 from infermesh.accounts.key_uses import KeyUses, due
@@ -25,6 +26,7 @@ from infermesh.accounts.keys import (
 from infermesh.accounts.records import (
     AccountExists,
     AccountRecord,
+    AccountSummary,
     CreatedKey,
     KeyRecord,
     KeyRevoked,
@@ -43,6 +45,7 @@ USES_WRITE_INTERVAL = 15.0
 BOOTSTRAP_KEY_NAME = "bootstrap"
 _MAX_NAME_LENGTH = 200
 _MAX_TIER_LENGTH = 32
+MAX_ACCOUNTS_PAGE = 200
 
 
 class AccountService:
@@ -103,6 +106,7 @@ class AccountService:
                 if not create_account:
                     raise NotFound(f"No account named '{account}'.", param="account")
                 owner = await add_account(session, account, tier=tier, created_at=self._clock())
+            await check_room(session, ApiKey, ApiKey.account_id == owner.id, "API keys")
             created = await self._add_key(session, owner, name)
         await self._announce(KeyChange("created"))
         return created
@@ -114,6 +118,42 @@ class AccountService:
         if account is None:
             raise NotFound(f"No account named '{name}'.", param="account")
         return _account_record(account)
+
+    async def get_account_by_id(self, account_id: int) -> AccountRecord:
+        """The account with id ``account_id``; :class:`NotFound` if there is none."""
+        async with self._db.session(read_only=True) as session:
+            account = await session.get(Account, account_id)
+        if account is None:
+            raise NotFound(f"No account with id {account_id}.", param="account")
+        return _account_record(account)
+
+    async def list_accounts(
+        self, *, search: str | None = None, limit: int = 50, after: str | None = None
+    ) -> tuple[list[AccountSummary], bool]:
+        """Accounts by name (those whose name contains ``search``, in any case), with
+        their key counts, ``limit`` at a time; and whether more exist. ``after`` is the
+        last name of the previous page."""
+        if not 1 <= limit <= MAX_ACCOUNTS_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_ACCOUNTS_PAGE}.", param="limit")
+        revoked = case((ApiKey.revoked_at.is_not(None), 1), else_=0)
+        query = (
+            select(Account, func.count(ApiKey.id), func.coalesce(func.sum(revoked), 0))
+            .outerjoin(ApiKey, ApiKey.account_id == Account.id)
+            .group_by(Account.id)
+            .order_by(Account.name)
+            .limit(limit + 1)
+        )
+        if search:
+            query = query.where(Account.name.icontains(search, autoescape=True))
+        if after is not None:
+            query = query.where(Account.name > after)
+        async with self._db.session(read_only=True) as session:
+            rows = (await session.execute(query)).all()
+        summaries = [
+            AccountSummary(_account_record(account), int(keys) - int(gone), int(gone))
+            for account, keys, gone in rows[:limit]
+        ]
+        return summaries, len(rows) > limit
 
     async def set_tier(self, name: str, tier: str) -> AccountRecord:
         """Move the account ``name`` to ``tier`` (which model tiers it may use)."""
@@ -375,3 +415,22 @@ def _key_record(key: ApiKey, owner: Account) -> KeyRecord:
         revoked_at=key.revoked_at,
         last_used_at=key.last_used_at,
     )
+
+
+MAX_LIVE_PER_ACCOUNT = 200
+"""Unrevoked API keys (and worker tokens) one account may hold: enough for any real use,
+and a bound on what a signed-in browser can make the database store."""
+
+
+async def check_room(
+    session: AsyncSession, table: Any, owned: ColumnElement[bool], what: str
+) -> None:
+    """Refuse a new row of ``table`` when its owner already holds the most live ones."""
+    query = select(func.count()).select_from(table).where(owned, table.revoked_at.is_(None))
+    live = await session.scalar(query) or 0
+    if live >= MAX_LIVE_PER_ACCOUNT:
+        raise InvalidRequest(
+            f"The account already holds {live} {what}, the most it may hold at once: "
+            "revoke some first.",
+            code="too_many_live_credentials",
+        )

@@ -10,6 +10,7 @@ many job slots one connection may announce, and which catalog models it may serv
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infermesh.accounts.keys import display_prefix, hash_key
-from infermesh.accounts.service import add_account, find_account
+from infermesh.accounts.service import add_account, check_room, find_account
 from infermesh.accounts.worker_records import (
     CreatedWorkerToken,
     WorkerIdentity,
@@ -76,6 +77,8 @@ class WorkerTokenService:
         checked = _checked_scope(scope or WorkerScope())
         async with self._db.session() as session, session.begin():
             owner = await self._operator(session, operator)
+            owned = RegisteredWorker.operator_account_id == owner.id
+            await check_room(session, RegisteredWorker, owned, "worker tokens")
             return await self._add_worker(session, owner, name, checked)
 
     async def list(self) -> list[WorkerRecord]:
@@ -89,6 +92,32 @@ class WorkerTokenService:
         """The worker ``worker_id``; :class:`NotFound` if there is none."""
         async with self._db.session(read_only=True) as session:
             worker, owner = await _worker_or_not_found(session, worker_id, lock=False)
+        return _record(worker, owner)
+
+    async def list_for_operator(self, operator_account_id: int) -> builtins.list[WorkerRecord]:
+        """The workers of the operator account ``operator_account_id`` (revoked ones
+        too), oldest first."""
+        query = (
+            _workers_query()
+            .where(RegisteredWorker.operator_account_id == operator_account_id)
+            .order_by(RegisteredWorker.created_at, RegisteredWorker.id)
+        )
+        async with self._db.session(read_only=True) as session:
+            rows = (await session.execute(query)).all()
+        return [_record(worker, owner) for worker, owner in rows]
+
+    async def get_for_operator(self, operator_account_id: int, worker_id: str) -> WorkerRecord:
+        """The worker ``worker_id`` of the operator ``operator_account_id``; :class:`NotFound`
+        if there is none (another operator's worker is answered as one that does not exist)."""
+        query = _workers_query().where(
+            RegisteredWorker.id == worker_id,
+            RegisteredWorker.operator_account_id == operator_account_id,
+        )
+        async with self._db.session(read_only=True) as session:
+            row = (await session.execute(query)).one_or_none()
+        if row is None:
+            raise NotFound(f"You have no worker with id '{worker_id[:100]}'.", param="worker_id")
+        worker, owner = row
         return _record(worker, owner)
 
     async def revoke(self, worker_id: str) -> WorkerRecord:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from infermesh.accounts.records import AccountRecord
+from infermesh.accounts.records import AccountRecord, AccountSummary
 from infermesh.accounts.service import AccountService
 from infermesh.billing.ledger import MAX_GRANT, CreditLedger
 from infermesh.billing.money import MICRO_PER_USD, parse_usd
@@ -36,6 +36,14 @@ class Statement:
     account: AccountRecord
     balance: BalanceRecord
     entries: list[EntryRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBalance:
+    """An account of the admin's list, with its balance."""
+
+    summary: AccountSummary
+    balance: BalanceRecord
 
 
 class CreditAdmin:
@@ -79,3 +87,18 @@ class CreditAdmin:
         record = await self._accounts.get_account(account)
         balance = await self._balance(record.id)
         return Statement(record, balance, await self._ledger.entries(record.id, limit=entries))
+
+    async def accounts(
+        self, *, search: str | None = None, limit: int = 50, after: str | None = None
+    ) -> tuple[list[AccountBalance], bool]:
+        """Accounts by name with their balances (see
+        :meth:`~infermesh.accounts.service.AccountService.list_accounts`); and whether
+        more exist."""
+        summaries, more = await self._accounts.list_accounts(
+            search=search, limit=limit, after=after
+        )
+        balances = [
+            AccountBalance(summary, await self._balance(summary.account.id))
+            for summary in summaries
+        ]
+        return balances, more

@@ -125,6 +125,18 @@ class WorkerEarnings:
     earned: int
 
 
+@dataclass(frozen=True, slots=True)
+class EarningPoint:
+    """What an operator's workers served in one hour or day (UTC), which begins at
+    ``start``: requests (all but failed ones), what they were billed and what the
+    operator earned."""
+
+    start: datetime
+    requests: int
+    billed: int
+    earned: int
+
+
 class UsageLog:
     """Queries over the usage records of accounts and workers."""
 
@@ -263,6 +275,54 @@ class UsageLog:
             for row in rows
         ]
 
+    async def earnings_series(
+        self,
+        operator_account_id: int,
+        *,
+        since: datetime,
+        bucket: SeriesBucket,
+        until: datetime | None = None,
+    ) -> list[EarningPoint]:
+        """What the workers of the operator ``operator_account_id`` served and earned per
+        hour or per day (UTC), every bucket from the one holding ``since`` to the one
+        holding ``until`` (now), oldest first, empty ones as zeros; counted as
+        :meth:`earnings` counts (failed requests left out). :class:`InvalidRequest`
+        beyond :data:`MAX_BUCKETS` buckets."""
+        size = BUCKET_SECONDS[bucket]
+        first, last = _bucket_of(since, size), _bucket_of(until or utcnow(), size)
+        if not 0 <= last - first < MAX_BUCKETS:
+            raise InvalidRequest(
+                f"An earnings series has between 1 and {MAX_BUCKETS} buckets; "
+                f"this one would have {last - first + 1}.",
+                param="since",
+            )
+        index = _bucket_index(self._db.dialect, size)
+        workers = select(RegisteredWorker.id).where(
+            RegisteredWorker.operator_account_id == operator_account_id
+        )
+        query = (
+            select(
+                func.count(UsageEntry.id),
+                func.coalesce(func.sum(UsageEntry.cost), 0),
+                func.coalesce(func.sum(UsageEntry.operator_earning), 0),
+                index,
+            )
+            .where(
+                UsageEntry.worker_id.in_(workers),
+                UsageEntry.status != "failed",
+                UsageEntry.created_at >= since,
+                UsageEntry.created_at < _bucket_start(last + 1, size),
+            )
+            .group_by(index)
+        )
+        async with self._db.session(read_only=True) as session:
+            rows = (await session.execute(query)).all()
+        sums = {int(row[3]): row for row in rows}
+        return [
+            _earning_point(_bucket_start(number, size), sums.get(number))
+            for number in range(first, last + 1)
+        ]
+
 
 def _totals_query() -> Select[int, int, int, int]:
     return select(
@@ -353,3 +413,10 @@ def _record(row: UsageEntry) -> UsageRecord:
         cost=row.cost,
         latency_ms=row.latency_ms,
     )
+
+
+def _earning_point(start: datetime, row: Sequence[Any] | None) -> EarningPoint:
+    if row is None:
+        return EarningPoint(start, 0, 0, 0)
+    requests, billed, earned, _bucket = row
+    return EarningPoint(start, int(requests), int(billed), int(earned))

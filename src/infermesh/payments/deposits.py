@@ -13,8 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from infermesh.billing.ledger import CreditLedger
+from infermesh.errors import Forbidden
 from infermesh.payments._claims import ClaimBook
 from infermesh.payments._progress import DepositProgress, Sighting
+from infermesh.payments._relay import account_wallet
 from infermesh.payments.chain import Chain, ChainUnavailable, Receipt
 from infermesh.payments.outbox import Outbox
 from infermesh.payments.records import DepositOptions, DepositRecord, OpenClaim
@@ -40,6 +42,7 @@ class DepositService:
     ) -> None:
         self.options = options
         self.chain = chain
+        self._db = db
         self._outbox = outbox
         self._claims = ClaimBook(db, options, clock=clock)
         self._progress = DepositProgress(db, ledger, options, clock=clock)
@@ -56,6 +59,14 @@ class DepositService:
         tx = parse_tx_hash(tx_hash)
         claim_id = await self._claims.add(account_id, tx)
         return await self._claims.records(account_id, claim_id=claim_id)
+
+    async def wallet_of(self, account_id: int) -> str | None:
+        """The wallet the account's deposits must come from (the one it signed in
+        with); None if it has none."""
+        try:
+            return await account_wallet(self._db, account_id)
+        except Forbidden:
+            return None
 
     async def records(self, account_id: int, *, claim_id: int) -> list[DepositRecord]:
         """The deposits of one of the account's claims."""

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +29,7 @@ from infermesh.payments.outbox import Call, Outbox, Signer
 from infermesh.payments.records import DepositOptions
 from infermesh.payments.token_domain import TokenDomain
 from infermesh.payments.usdc import Permit, read_uint, transfer_from_call
+from infermesh.protocol.payments import PermitBody
 from infermesh.store import Database, PermitTopup, utcnow
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,23 @@ MIN_PERMIT_WINDOW = 120
 """Seconds a permit's deadline must still leave for the relayer to get it mined."""
 TRANSFER_GAS = 120_000
 """Gas of the relayer's ``transferFrom`` (USDC's takes about 60,000)."""
+PERMIT_LIFETIME = 3600
+"""Seconds from now to the deadline of a permit :meth:`PermitTopups.to_sign` asks for."""
+_PERMIT_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
+    ],
+    "Permit": [
+        {"name": "owner", "type": "address"},
+        {"name": "spender", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+    ],
+}
 
 
 class PermitRefused(InvalidRequest):
@@ -79,6 +98,51 @@ class PermitTopups:
     async def current_nonce(self, owner: str) -> int:
         """The owner's next permit nonce, as the token says now."""
         return await read_uint(self._chain, self._options.usdc, "nonces(address)", owner)
+
+    async def to_sign(self, account_id: int, value: int) -> dict[str, Any]:
+        """The EIP-712 typed data (``eth_signTypedData_v4``'s argument) of a permit of
+        ``value`` base units from ``account_id``'s wallet to the relayer, for the
+        token's current nonce, valid :data:`PERMIT_LIFETIME` seconds. :class:`Forbidden`
+        if the account has no wallet; :class:`PermitRefused` for a value out of range."""
+        owner = await account_wallet(self._db, account_id)
+        self._check_value(value)
+        message = {
+            "owner": owner,
+            "spender": self.relayer.address,
+            "value": value,
+            "nonce": await self.current_nonce(owner),
+            "deadline": int(self._clock().timestamp()) + PERMIT_LIFETIME,
+        }
+        return permit_typed_data(self.domain, message)
+
+    async def permit_of(self, body: PermitBody) -> Permit:
+        """The posted permit, with its signature split and its nonce filled in (the
+        token's current one when the body names none)."""
+        if body.signature is not None:
+            raw = bytes.fromhex(body.signature[2:])
+            r, s, v = raw[:32], raw[32:64], raw[64]
+        elif body.v is not None and body.r is not None and body.s is not None:
+            r, s, v = bytes.fromhex(body.r[2:]), bytes.fromhex(body.s[2:]), body.v
+        else:
+            raise InvalidRequest(
+                "A permit needs its signature: 'signature', or 'v', 'r' and 's'.",
+                param="permit.signature",
+            )
+        if v in (0, 1):  # some wallets give the recovery id rather than 27/28
+            v += 27
+        nonce = body.nonce
+        if nonce is None:
+            nonce = await self.current_nonce(body.owner.lower())
+        return Permit(
+            owner=body.owner.lower(),
+            spender=(body.spender or self.relayer.address).lower(),
+            value=body.value,
+            nonce=nonce,
+            deadline=body.deadline,
+            v=v,
+            r=r,
+            s=s,
+        )
 
     async def submit(self, account_id: int, permit: Permit) -> RelayedTopup:
         """Check ``permit`` and relay it for ``account_id``; the claim to follow."""
@@ -158,14 +222,7 @@ class PermitTopups:
                 param="permit.spender",
                 code="permit_spender_mismatch",
             )
-        minimum = self._options.min_deposit
-        if not minimum <= permit.value <= MAX_GRANT:
-            raise PermitRefused(
-                f"The permit's value must be between {format_usd(minimum)} and "
-                f"{format_usd(MAX_GRANT)} USDC (in base units, 6 decimals).",
-                param="permit.value",
-                code="permit_amount_out_of_range",
-            )
+        self._check_value(permit.value)
         left = permit.deadline - int(self._clock().timestamp())
         if left < MIN_PERMIT_WINDOW:
             raise PermitRefused(
@@ -173,6 +230,16 @@ class PermitTopups:
                 "(it is past, or too close for the relayer to get it mined); sign a new one.",
                 param="permit.deadline",
                 code="permit_expired",
+            )
+
+    def _check_value(self, value: int) -> None:
+        minimum = self._options.min_deposit
+        if not minimum <= value <= MAX_GRANT:
+            raise PermitRefused(
+                f"The permit's value must be between {format_usd(minimum)} and "
+                f"{format_usd(MAX_GRANT)} USDC (in base units, 6 decimals).",
+                param="permit.value",
+                code="permit_amount_out_of_range",
             )
 
     async def _check_on_chain(self, permit: Permit) -> None:
@@ -216,6 +283,22 @@ class PermitTopups:
                 code="permit_rejected",
             ) from None
         return estimate * 3 // 2
+
+
+def permit_typed_data(domain: TokenDomain, message: dict[str, Any]) -> dict[str, Any]:
+    """A permit (``owner``, ``spender``, ``value``, ``nonce``, ``deadline``) as EIP-712
+    typed data under the token's ``domain``: what a wallet is asked to sign."""
+    return {
+        "types": _PERMIT_TYPES,
+        "primaryType": "Permit",
+        "domain": {
+            "name": domain.name,
+            "version": domain.version,
+            "chainId": domain.chain_id,
+            "verifyingContract": domain.verifying_contract,
+        },
+        "message": message,
+    }
 
 
 def _replayed() -> Conflict:

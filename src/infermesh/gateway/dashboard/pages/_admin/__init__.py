@@ -1,0 +1,1 @@
+"""The admin's pages, one module each; :mod:`..admin` puts their routes on one router."""
