@@ -69,6 +69,16 @@ class IssuedNonce:
 
 
 @dataclass(frozen=True, slots=True)
+class WalletAccount:
+    """A wallet proven by a signed message: its account (``created`` if this made it)
+    and the wallet's checksummed address."""
+
+    account: str
+    address: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WalletSession:
     """A sign-in that worked: the account (``created`` if this sign-in made it), the
     wallet's checksummed address, and the new key (shown once)."""
@@ -133,10 +143,19 @@ class WalletSignIn:
 
         Every refusal is a :class:`SignInRefused` (401) with a code saying why. The
         nonce is consumed only by a message its wallet really signed."""
+        entered = await self.enter(message, signature)
+        key = await self._accounts.create_key(entered.account, name=KEY_NAME, create_account=False)
+        return WalletSession(
+            account=entered.account, address=entered.address, created=entered.created, key=key
+        )
+
+    async def enter(self, message: str, signature: str) -> WalletAccount:
+        """Check ``message`` and its ``signature`` as :meth:`sign_in` does, consume its
+        nonce, and find (or make) the wallet's account, without making a key (the
+        dashboard opens a session of it)."""
         parsed = await self._checked(message, signature)
         name, created = await self._consume_and_bind(parsed.nonce, parsed.address.lower())
-        key = await self._accounts.create_key(name, name=KEY_NAME, create_account=False)
-        return WalletSession(account=name, address=parsed.address, created=created, key=key)
+        return WalletAccount(account=name, address=parsed.address, created=created)
 
     async def prove(self, message: str, signature: str) -> str:
         """Check a signed EIP-4361 message as :meth:`sign_in` does and consume its nonce,

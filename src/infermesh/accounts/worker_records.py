@@ -77,6 +77,7 @@ class WorkerRecord:
     jobs_served: int
     jobs_failed: int
     scope: WorkerScope
+    last_connected_at: datetime | None = None
 
     @property
     def revoked(self) -> bool:

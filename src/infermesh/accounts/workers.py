@@ -332,4 +332,5 @@ def _record(worker: RegisteredWorker, owner: Account) -> WorkerRecord:
         jobs_served=worker.jobs_served,
         jobs_failed=worker.jobs_failed,
         scope=_scope(worker),
+        last_connected_at=worker.last_connected_at,
     )

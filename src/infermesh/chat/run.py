@@ -47,7 +47,7 @@ from infermesh.errors import (
 )
 from infermesh.limits.service import Admission, RateLimiter
 from infermesh.mesh.registry import Lease, WorkerRegistry
-from infermesh.mesh.worker import JobTerms
+from infermesh.mesh.worker import JobTerms, Worker
 from infermesh.protocol.chat import ChatCompletionRequest, Usage
 from infermesh.protocol.embeddings import EmbeddingRequest
 from infermesh.protocol.generation import GenerationChunk, WorkerJob
@@ -125,6 +125,8 @@ class ChatRun:
         self._audited: Audit | None = None
         self._job: WorkerJob | None = None
         self._tried: set[str] = set()
+        self._failed_on: Worker | None = None
+        """The last worker that failed the job before its first chunk (for the record)."""
         self._closing: asyncio.Future[RunResult] | None = None
 
     async def __aenter__(self) -> ChatRun:
@@ -162,6 +164,7 @@ class ChatRun:
                 logger.warning(
                     "%s failed on %s: %s", self._record.request_id, lease.worker.node_id, exc.code
                 )
+                self._failed_on = lease.worker
                 last_error = exc
         assert last_error is not None
         raise last_error
@@ -380,7 +383,7 @@ class ChatRun:
         generation = self.generation
         if generation is None:
             if isinstance(error, InfermeshError):
-                return self._ending("failed", None, error_code=error.code)
+                return self._ending("failed", None, error_code=error.code, worker=self._failed_on)
             return self._ending("cancelled", None, error_code=_cancel_code(error))
         lease = generation.lease
         try:
@@ -417,8 +420,12 @@ class ChatRun:
         lease: Lease | None = None,
         finish_reason: str | None = None,
         error_code: str | None = None,
+        worker: Worker | None = None,
     ) -> Outcome:
-        worker = lease.worker if lease is not None else None
+        """How the run ended; its worker is the lease's, else ``worker`` (one that failed
+        the job before its first chunk)."""
+        if lease is not None:
+            worker = lease.worker
         return Outcome(
             status=status,
             usage=usage,

@@ -50,16 +50,7 @@ async def sign_in_page(request: Request) -> Response:
 
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
-    form = await request.form()
-    fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    expected = request.cookies.get(SIGN_IN_COOKIE)
-    given = fields.get(CSRF_FIELD)
-    if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
-        raise Forbidden(
-            "The sign-in form is out of date or did not come from the dashboard; reload "
-            "the page and try again.",
-            code="csrf_failed",
-        )
+    fields = await sign_in_fields(request)
     services = services_of(request)
     key = fields.get("api_key", "").strip()
     principal = await services.accounts.authenticate(key) if key else None
@@ -73,13 +64,36 @@ async def sign_in(request: Request) -> Response:
             request,
             status_code=401,
             error="That key is unknown or revoked.",
-            next_page=_next(fields),
+            next_page=safe_next(fields),
         )
     home = ADMIN_HOME if opened.record.admin else HOME
-    response = redirect(_next(fields) or home)
-    set_session_cookie(response, request, opened.token, int(services.sessions.ttl.total_seconds()))
-    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX)
+    response = redirect(safe_next(fields) or home)
+    start_session(response, request, opened)
     return response
+
+
+async def sign_in_fields(request: Request) -> dict[str, str]:
+    """The fields of a post from the sign-in page (its form, or its script's wallet
+    sign-in); :class:`Forbidden` unless it carries the token of the browser's sign-in
+    cookie (in the form, or in ``x-csrf-token``)."""
+    form = await request.form()
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    expected = request.cookies.get(SIGN_IN_COOKIE)
+    given = fields.get(CSRF_FIELD) or request.headers.get("x-csrf-token")
+    if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
+        raise Forbidden(
+            "The sign-in form is out of date or did not come from the dashboard; reload "
+            "the page and try again.",
+            code="csrf_failed",
+        )
+    return fields
+
+
+def start_session(response: Response, request: Request, opened: OpenedSession) -> None:
+    """Give the browser the cookie of the session just ``opened``; drop its sign-in cookie."""
+    ttl = services_of(request).sessions.ttl
+    set_session_cookie(response, request, opened.token, int(ttl.total_seconds()))
+    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX)
 
 
 @router.post("/sign-out")
@@ -102,14 +116,14 @@ def _sign_in_form(
         status_code=status_code,
         sign_in_csrf=token,
         error=error,
-        next_page=next_page or _next(dict(request.query_params)),
+        next_page=next_page or safe_next(dict(request.query_params)),
         notice=request.query_params.get("notice"),
     )
     set_sign_in_cookie(response, request, token)
     return response
 
 
-def _next(fields: dict[str, str]) -> str | None:
+def safe_next(fields: dict[str, str]) -> str | None:
     """Where to go after signing in: a dashboard page only (never another site)."""
     target = fields.get("next") or ""
     parts = urlsplit(target)

@@ -21,7 +21,6 @@ from infermesh.gateway.state import Services
 from infermesh.payments.permits import MIN_PERMIT_WINDOW, PermitTopups
 from infermesh.payments.records import DepositRecord
 from infermesh.payments.setup import PaymentParts
-from infermesh.payments.usdc import Permit
 from infermesh.payments.views import deposit_list, earnings_view, payout_object, run_view
 from infermesh.payments.x402 import Settlement, X402Topups, parse_payment
 from infermesh.protocol.payments import (
@@ -29,7 +28,6 @@ from infermesh.protocol.payments import (
     EarningsObject,
     PayoutRunObject,
     PayoutWalletRequest,
-    PermitBody,
     TokenObject,
     TopupOptions,
     TopupRequest,
@@ -94,7 +92,7 @@ async def topup(
     else:
         assert body.permit is not None
         permits = _permits(payments)
-        relayed = await permits.submit(principal.account_id, await _permit(body.permit, permits))
+        relayed = await permits.submit(principal.account_id, await permits.permit_of(body.permit))
         records = await deposits.records(principal.account_id, claim_id=relayed.claim_id)
     return _list(services, payments, records)
 
@@ -259,35 +257,6 @@ def _amount(body: TopupRequest) -> int | None:
         return parse_usd(body.amount, maximum=Decimal(MAX_GRANT))
     except ValueError as exc:
         raise InvalidRequest(f"'amount': {exc}.", param="amount") from None
-
-
-async def _permit(body: PermitBody, permits: PermitTopups) -> Permit:
-    """The posted permit, with its signature split and its nonce filled in."""
-    if body.signature is not None:
-        raw = bytes.fromhex(body.signature[2:])
-        r, s, v = raw[:32], raw[32:64], raw[64]
-    elif body.v is not None and body.r is not None and body.s is not None:
-        r, s, v = bytes.fromhex(body.r[2:]), bytes.fromhex(body.s[2:]), body.v
-    else:
-        raise InvalidRequest(
-            "A permit needs its signature: 'signature', or 'v', 'r' and 's'.",
-            param="permit.signature",
-        )
-    if v in (0, 1):  # some wallets give the recovery id rather than 27/28
-        v += 27
-    nonce = body.nonce
-    if nonce is None:
-        nonce = await permits.current_nonce(body.owner.lower())
-    return Permit(
-        owner=body.owner.lower(),
-        spender=(body.spender or permits.relayer.address).lower(),
-        value=body.value,
-        nonce=nonce,
-        deadline=body.deadline,
-        v=v,
-        r=r,
-        s=s,
-    )
 
 
 def _list(

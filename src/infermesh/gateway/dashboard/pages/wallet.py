@@ -11,26 +11,15 @@ first sign-in) and, unlike the API, makes no API key.
 
 from __future__ import annotations
 
-import hmac
-
 from eth_utils.address import to_checksum_address
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from infermesh.accounts.siwe import SiweMessage
-from infermesh.accounts.wallets import WalletSignIn
-from infermesh.errors import Forbidden, InvalidRequest
-from infermesh.gateway.dashboard.auth import HOME
-from infermesh.gateway.dashboard.auth import _next as next_page
+from infermesh.errors import InvalidRequest
+from infermesh.gateway.dashboard.auth import HOME, safe_next, sign_in_fields, start_session
 from infermesh.gateway.dashboard.routing import dashboard_router
-from infermesh.gateway.dashboard.web import (
-    CSRF_FIELD,
-    PREFIX,
-    SIGN_IN_COOKIE,
-    secured,
-    services_of,
-    set_session_cookie,
-)
+from infermesh.gateway.dashboard.web import PREFIX, secured, services_of
 
 router = dashboard_router()
 STATEMENT = "Sign in to the infermesh dashboard."
@@ -64,40 +53,12 @@ async def wallet_sign_in(request: Request) -> Response:
     ``next``: the page to go to."""
     fields = await sign_in_fields(request)
     services = services_of(request)
-    name, address = await _wallet_account(
-        services.wallets, fields.get("message", ""), fields.get("signature", "")
-    )
-    account = await services.accounts.get_account(name)
-    opened = await services.sessions.open_for_wallet(account.id, address)
-    response = secured(JSONResponse({"next": next_page(fields) or HOME}))
-    set_session_cookie(response, request, opened.token, int(services.sessions.ttl.total_seconds()))
-    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX)
+    entered = await services.wallets.enter(fields.get("message", ""), fields.get("signature", ""))
+    account = await services.accounts.get_account(entered.account)
+    opened = await services.sessions.open_for_wallet(account.id, entered.address)
+    response = secured(JSONResponse({"next": safe_next(fields) or HOME}))
+    start_session(response, request, opened)
     return response
-
-
-async def sign_in_fields(request: Request) -> dict[str, str]:
-    """The fields of a post from the sign-in page; :class:`Forbidden` unless it carries
-    the token of the browser's sign-in cookie (in the form, or ``x-csrf-token``)."""
-    form = await request.form()
-    fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    expected = request.cookies.get(SIGN_IN_COOKIE)
-    given = fields.get(CSRF_FIELD) or request.headers.get("x-csrf-token")
-    if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
-        raise Forbidden(
-            "The sign-in page is out of date or this did not come from the dashboard; "
-            "reload the page and try again.",
-            code="csrf_failed",
-        )
-    return fields
-
-
-async def _wallet_account(wallets: WalletSignIn, message: str, signature: str) -> tuple[str, str]:
-    """The name of the account of the wallet that signed ``message`` (made if new), and
-    the wallet's address: :meth:`WalletSignIn.sign_in` without the API key it makes."""
-    # WalletSignIn has no public step that stops before the key; see the report.
-    parsed = await wallets._checked(message, signature)
-    name, _created = await wallets._consume_and_bind(parsed.nonce, parsed.address.lower())
-    return name, parsed.address
 
 
 def _address(text: str) -> str:

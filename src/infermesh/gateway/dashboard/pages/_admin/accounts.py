@@ -33,9 +33,9 @@ async def accounts_page(request: Request) -> Response:
     """Accounts by name, :data:`PAGE_SIZE` at a time, those whose name contains ``q``."""
     page = await admin_viewer(request)
     search = _given(request.query_params.get("q"))
-    if search is not None and len(search) > _MAX_SEARCH:
-        raise InvalidRequest(f"Search for at most {_MAX_SEARCH} characters.", param="q")
     after = _given(request.query_params.get("after"))
+    if len(search or "") > _MAX_SEARCH or len(after or "") > _MAX_SEARCH:
+        raise InvalidRequest(f"Search for at most {_MAX_SEARCH} characters.", param="q")
     accounts, more = await page.services.credits.accounts(
         search=search, limit=PAGE_SIZE, after=after
     )

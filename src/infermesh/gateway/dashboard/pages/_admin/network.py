@@ -85,6 +85,7 @@ async def network_page(request: Request) -> Response:
         ),
         gateways=_gateways(services, rows),
         presence=bool(settings.redis_url) and settings.peer_secret is not None,
+        this_gateway=THIS_GATEWAY,
         elsewhere=[
             record
             for record in registered.values()
@@ -115,8 +116,7 @@ def _row(services: Services, worker: Worker, registered: dict[str, WorkerRecord]
         jobs=stats.jobs,
         failures=stats.failures,
         draining=isinstance(worker, RemoteWorker) and worker.draining,
-        # WorkerRecord has no connection time yet; shown as soon as it has one.
-        online_since=getattr(record, "last_connected_at", None),
+        online_since=record.last_connected_at if record is not None else None,
         last_seen=_last_seen(worker, record),
     )
 
