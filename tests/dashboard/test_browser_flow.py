@@ -77,6 +77,9 @@ def test_create_a_key_use_it_see_it_revoke_it(gateway: RunningGateway, tab: Tab)
     assert balance_before == "$100.00"
     assert page.locator("#balance .value").inner_text() == "$99.75"  # one request at $0.25
     tab.shoot("overview")
+    page.emulate_media(color_scheme="dark")  # the browser's dark mode
+    tab.shoot("overview-dark")
+    page.emulate_media(color_scheme="light")
 
     page.get_by_role("link", name="API keys").click()
     page.get_by_role("link", name="Manage browser test").click()
