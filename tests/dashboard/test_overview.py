@@ -21,7 +21,7 @@ import pytest
 from infermesh.billing.money import CreditUnit
 from infermesh.billing.pricing import Pricing
 from infermesh.catalog.spec import ModelSpec, ServeSpec
-from infermesh.gateway.dashboard.pages.overview import credits_text, usd_text
+from infermesh.gateway.dashboard.format import credits_text, usd_text
 from tests.dashboard.test_sessions import assert_no_inline_script, browser, sign_in
 from tests.fakes.engine import run_engine
 from tests.support.gateway import RunningGateway, create_key, start_gateway

@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from infermesh import __version__
 from infermesh.accounts.sessions import SessionRecord
 from infermesh.errors import Forbidden
+from infermesh.gateway.dashboard.format import FILTERS
 from infermesh.gateway.state import Services
 
 PREFIX = "/dashboard"
@@ -51,6 +52,7 @@ _environment = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_environment.filters.update(FILTERS)
 
 
 @dataclass(frozen=True, slots=True)

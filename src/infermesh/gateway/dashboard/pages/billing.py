@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlencode
 
 from eth_utils.address import to_checksum_address
 from fastapi import Request, Response
@@ -28,7 +27,8 @@ from infermesh.billing.ledger import MAX_GRANT
 from infermesh.billing.money import MICRO_PER_USD, parse_usd
 from infermesh.billing.statement import AccountStatement
 from infermesh.errors import InvalidRequest, ServiceUnavailable
-from infermesh.gateway.dashboard.pages.overview import credits_text, usd_text
+from infermesh.gateway.dashboard.format import balance_money, usd_text
+from infermesh.gateway.dashboard.paging import page_link
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, Page, checked_form, redirect, render, secured
 from infermesh.gateway.errors import invalid_request_from
@@ -71,13 +71,10 @@ class Paging:
 
     def link(self, path: str, **changes: str | int | None) -> str:
         """``path`` with this paging and ``changes`` as its query."""
-        values: dict[str, str | int | None] = {
-            "deposits_after": self.deposits_after,
-            "ledger_before": self.ledger_before,
-            **changes,
-        }
-        query = urlencode({name: value for name, value in values.items() if value is not None})
-        return f"{path}?{query}" if query else path
+        return page_link(
+            path,
+            {"deposits_after": self.deposits_after, "ledger_before": self.ledger_before, **changes},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,29 +169,31 @@ async def _live_fragment(page: Page, principal: Principal, paging: Paging) -> Re
 
 
 async def _figures(page: Page, principal: Principal, paging: Paging) -> dict[str, Any]:
-    """What the page and its live fragment show: balance, deposits, ledger."""
+    """What the page and its live fragment show: balance, deposits, ledger.
+
+    The deposits are read first, then the ledger and the balance: a deposit is credited
+    in the same transaction as its ledger entry, so one the page shows credited is
+    always in the ledger and the balance it shows (read the other way round, a credit
+    landing in between would show "credited" beside a ledger without it)."""
     services = page.services
-    unit = services.billing.unit
-    balance = await services.billing.balance(principal.account_id)
+    figures: dict[str, Any] = {"deposits": None}
+    if services.payments is not None:
+        figures.update(await _deposits(services.payments, principal, paging))
     lines, older = await AccountStatement(services.database).page(
         principal.account_id, limit=LEDGER_PAGE, before=paging.ledger_before
     )
-    figures: dict[str, Any] = {
-        "balance": [
-            ("balance", "Balance", balance.balance),
-            ("held", "Held", balance.held),
-            ("available", "Available", balance.available),
-        ],
-        "usd": usd_text,
-        "credits": lambda micro: credits_text(micro, unit),
-        "ledger": lines,
-        "labels": LEDGER_LABELS,
-        "older_ledger": paging.link(BILLING, ledger_before=older) if older else None,
-        "newest_ledger": paging.link(BILLING, ledger_before=None) if paging.ledger_before else None,
-        "deposits": None,
-    }
-    if services.payments is not None:
-        figures.update(await _deposits(services.payments, principal, paging))
+    balance = await services.billing.balance(principal.account_id)
+    figures.update(
+        {
+            "balance": balance_money(balance, services.billing.unit),
+            "ledger": lines,
+            "labels": LEDGER_LABELS,
+            "older_ledger": paging.link(BILLING, ledger_before=older) if older else None,
+            "newest_ledger": (
+                paging.link(BILLING, ledger_before=None) if paging.ledger_before else None
+            ),
+        }
+    )
     return figures
 
 

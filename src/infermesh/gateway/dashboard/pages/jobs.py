@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import Request, Response
 
 from infermesh.errors import InvalidRequest
-from infermesh.gateway.dashboard.pages.overview import usd_text
+from infermesh.gateway.dashboard.format import usd_text
+from infermesh.gateway.dashboard.paging import cursor, given, page_link
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, checked_form, redirect, render
 from infermesh.jobs.records import JOB_STATUSES, JobRecord
@@ -35,7 +35,7 @@ async def jobs_page(request: Request) -> Response:
     """The account's jobs, newest first, :data:`PAGE_SIZE` at a time."""
     page, principal = await account_viewer(request)
     status = _status(request.query_params.get("status"))
-    after = _given(request.query_params.get("after"))
+    after = cursor(request)
     jobs = await page.services.jobs.list(
         principal.account_id, status=status, limit=PAGE_SIZE + 1, after=after
     )
@@ -93,7 +93,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
 
 
 def _status(value: str | None) -> str | None:
-    status = _given(value)
+    status = given(value)
     if status is not None and status not in JOB_STATUSES:
         raise InvalidRequest(
             f"status must be one of {', '.join(JOB_STATUSES)}; not '{status[:50]}'.",
@@ -103,9 +103,7 @@ def _status(value: str | None) -> str | None:
 
 
 def _link(status: str | None, **extra: str) -> str:
-    params = {"status": status} if status else {}
-    params.update(extra)
-    return f"{JOBS}?{urlencode(params)}" if params else JOBS
+    return page_link(JOBS, {"status": status, **extra})
 
 
 def _result(job: JobRecord) -> dict[str, Any] | None:
@@ -125,10 +123,3 @@ def _answer(result: dict[str, Any] | None) -> str | None:
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else None
-
-
-def _given(value: str | None) -> str | None:
-    """A query parameter's value; None when left empty."""
-    if value is None:
-        return None
-    return value.strip() or None

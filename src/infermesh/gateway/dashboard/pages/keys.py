@@ -10,12 +10,12 @@ with ends the session (see :mod:`infermesh.accounts.sessions`).
 
 from __future__ import annotations
 
-import re
-
 from fastapi import Request, Response
 
 from infermesh.accounts.records import CreatedKey, KeyRecord, Principal
-from infermesh.errors import InvalidRequest, NotFound
+from infermesh.errors import InvalidRequest
+from infermesh.gateway.dashboard.limit_fields import LIMIT_LABELS, limit_settings, typed_limit
+from infermesh.gateway.dashboard.owned import account_key
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import (
     PREFIX,
@@ -28,17 +28,10 @@ from infermesh.gateway.dashboard.web import (
 )
 from infermesh.gateway.state import Services
 from infermesh.limits.admin import LimitsView
-from infermesh.limits.policy import LIMIT_NAMES, LimitName, LimitSettings, parse_settings
+from infermesh.limits.policy import LIMIT_NAMES, LimitName, LimitSettings
 
 router = dashboard_router()
 KEYS = f"{PREFIX}/keys"
-LIMIT_LABELS: dict[LimitName, str] = {
-    "requests_per_minute": "Requests per minute",
-    "tokens_per_minute": "Tokens per minute",
-    "tokens_per_day": "Tokens per day",
-    "concurrent_requests": "Concurrent requests",
-}
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,16}")
 
 
 @router.get("/keys")
@@ -128,15 +121,13 @@ async def set_key_limits(request: Request, key_id: str) -> Response:
 
 
 async def _owned_key(page: Page, principal: Principal, key_id: str) -> KeyRecord:
-    """The key ``key_id`` if it is the account's; NotFound otherwise (another account's
-    key is answered as one that does not exist)."""
-    try:
-        key = await page.services.accounts.get_key(key_id)
-    except NotFound:
-        key = None
-    if key is None or key.account_id != principal.account_id:
-        raise NotFound("Your account has no API key with this id.", param="key_id")
-    return key
+    """The key ``key_id`` if it is the account's (:func:`account_key`)."""
+    return await account_key(
+        page.services,
+        principal.account_id,
+        key_id,
+        missing="Your account has no API key with this id.",
+    )
 
 
 async def _shown_once(
@@ -206,25 +197,15 @@ def _limit_changes(fields: dict[str, str], current: LimitsView) -> LimitSettings
     changes: dict[str, int | None] = {
         name: _limit_value(name, fields[name], current) for name in LIMIT_NAMES if name in fields
     }
-    try:
-        return parse_settings(changes)
-    except ValueError as exc:
-        raise InvalidRequest(f"Invalid limits: {exc}.", code="invalid_limits") from None
+    return limit_settings(changes)
 
 
 def _limit_value(name: LimitName, typed: str, current: LimitsView) -> int | None:
     """One limit as typed: a whole number up to the account's limit, or blank for none
     (the account's applies). A value already set (by an admin, say) may stay as it is."""
-    text = typed.strip().replace(",", "").replace("_", "")
-    if not text:
+    value = typed_limit(name, typed)
+    if not isinstance(value, int):  # blank
         return None
-    if not _WHOLE_NUMBER.fullmatch(text):
-        raise InvalidRequest(
-            f"{LIMIT_LABELS[name]}: give a whole number, or leave it blank.",
-            param=name,
-            code="invalid_limits",
-        )
-    value = int(text)
     account = (current.account_limits or {}).get(name)
     ceiling = account.value if account is not None else None
     if ceiling is not None and value > ceiling and value != current.set.value(name):

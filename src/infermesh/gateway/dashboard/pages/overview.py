@@ -2,7 +2,7 @@
 the models it can call.
 
 The figures come from the services behind ``/v1/credits/balance``, ``/v1/limits`` and
-``/v1/models``. Each chart is drawn in the browser (``static/overview.js``, uPlot) from
+``/v1/models``. Each chart is drawn in the browser (``static/charts.js``, uPlot) from
 the numbers of the table under it, handed over in a ``data-`` attribute; without
 JavaScript the table alone shows them.
 """
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
 
 from infermesh.accounts.records import Principal
-from infermesh.billing.money import CreditUnit, usd
+from infermesh.billing.money import usd
 from infermesh.billing.usage import SeriesBucket, SpendPoint, UsageTotals
+from infermesh.gateway.dashboard.format import Money, balance_money, money, usd_text
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import render
 from infermesh.gateway.routes.models import model_object
@@ -43,14 +43,6 @@ LIMIT_LABELS = {
     "concurrent_requests": "Requests at once",
 }
 SCOPE_LABELS = {"account": "Account", "key": "This key"}
-
-
-@dataclass(frozen=True, slots=True)
-class Money:
-    """An amount as the page writes it: USD and credits."""
-
-    usd: str
-    credits: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +103,7 @@ async def overview(request: Request) -> Response:
         session=page.session,
         account=principal.account_name,
         tier=principal.tier,
-        balance=_money(balance.balance, unit),
-        held=_money(balance.held, unit),
-        available=_money(balance.available, unit),
+        balance=balance_money(balance, unit),
         credit_usd=usd_text(unit.micro_per_credit),
         periods=periods,
         limits=limits,
@@ -140,7 +130,7 @@ async def _period(
         requests=totals.requests,
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
-        spend=_money(totals.cost, services.billing.unit),
+        spend=money(totals.cost, services.billing.unit),
         points=[_series_row(point) for point in series],
         chart=_chart(bucket, series),
     )
@@ -193,21 +183,3 @@ def _limit_row(scope: str, name: str, entry: LimitObject) -> LimitRow:
 
 def _models(services: Services) -> list[ModelObject]:
     return [model_object(spec, services.registry) for spec in services.catalog]
-
-
-def _money(micro: int, unit: CreditUnit) -> Money:
-    return Money(usd=usd_text(micro), credits=credits_text(micro, unit))
-
-
-def usd_text(micro: int) -> str:
-    """``micro`` micro-USD as the page writes it: ``$1,234.50``, ``$0.000125`` (exact,
-    at least two decimals)."""
-    text = f"{Decimal(micro).scaleb(-6):,.6f}"
-    whole, fraction = text.split(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
-
-
-def credits_text(micro: int, unit: CreditUnit) -> str:
-    """``micro`` micro-USD in credits, to four decimals at most: ``1,234.5``."""
-    credits = (Decimal(micro) / unit.micro_per_credit).quantize(Decimal("0.0001"))
-    return f"{credits:,f}".rstrip("0").rstrip(".")

@@ -14,7 +14,6 @@ import io
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -28,6 +27,7 @@ from infermesh.billing.usage import (
     UsageRecord,
 )
 from infermesh.errors import InvalidRequest
+from infermesh.gateway.dashboard.paging import cursor, given, page_link
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, render, secured
 from infermesh.store import utcnow
@@ -82,7 +82,7 @@ class UsageQuery:
     @classmethod
     def of(cls, request: Request) -> UsageQuery:
         params = request.query_params
-        return cls(**{field.name: _given(params.get(field.name)) for field in fields(cls)})
+        return cls(**{field.name: given(params.get(field.name)) for field in fields(cls)})
 
     def matching(self, now: datetime) -> UsageFilter:
         """The filter of the usage log; :class:`InvalidRequest` for a value it cannot be."""
@@ -102,9 +102,7 @@ class UsageQuery:
 
     def link(self, path: str, **extra: str) -> str:
         """``path`` with these filters (and ``extra``) as its query string."""
-        params = {name: value for name, value in asdict(self).items() if value is not None}
-        params.update(extra)
-        return f"{path}?{urlencode(params)}" if params else path
+        return page_link(path, {**asdict(self), **extra})
 
 
 @router.get("/usage")
@@ -113,7 +111,7 @@ async def usage_page(request: Request) -> Response:
     page, principal = await account_viewer(request)
     query = UsageQuery.of(request)
     matching = query.matching(utcnow())
-    after = _given(request.query_params.get("after"))
+    after = cursor(request)
     services = page.services
     await services.billing.flush()
     records, has_more = await services.billing.usage.page(
@@ -134,7 +132,6 @@ async def usage_page(request: Request) -> Response:
         ranges=RANGES,
         keys=keys,
         models=sorted(spec.id for spec in services.catalog),
-        usd=format_usd,
         page_size=PAGE_SIZE,
         csv_max_rows=CSV_MAX_ROWS,
     )
@@ -219,10 +216,3 @@ def _csv_text(rows: Iterable[list[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()
-
-
-def _given(value: str | None) -> str | None:
-    """A form field's value; None when left empty."""
-    if value is None:
-        return None
-    return value.strip() or None

@@ -5,7 +5,7 @@ An operator is an account that owns worker tokens. The page lists the account's 
 connection (node, gateway, models and slots, measured speed and error rate) and what
 each worker earned; it creates a token (the raw token is the POST's answer, shown once
 with the ``infermesh worker`` command line, never put in a URL) and revokes one. The
-earnings are shown by day over the last 30 days (a chart drawn by ``static/workers.js``
+earnings are shown by day over the last 30 days (a chart drawn by ``static/charts.js``
 from the table's numbers) and in all: earned, and, where payments are configured, paid
 and payable (as ``GET /v1/payouts``). Everything goes through the services the API and
 the CLI use: :class:`~infermesh.accounts.workers.WorkerTokenService`,
@@ -24,7 +24,7 @@ from infermesh.accounts.records import Principal
 from infermesh.accounts.workers import WorkerRecord
 from infermesh.billing.money import usd
 from infermesh.billing.usage import EarningPoint, WorkerEarnings
-from infermesh.gateway.dashboard.pages.overview import usd_text
+from infermesh.gateway.dashboard.format import usd_text
 from infermesh.gateway.dashboard.routing import account_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, Page, checked_form, redirect, render
 from infermesh.gateway.state import Services

@@ -12,12 +12,14 @@ import secrets
 
 from fastapi import Request, Response
 
-from infermesh.accounts.records import AccountRecord, KeyRecord
+from infermesh.accounts.records import AccountRecord
 from infermesh.billing.admin import parse_amount
 from infermesh.billing.ledger import DuplicateReference
 from infermesh.errors import InvalidRequest, NotFound
+from infermesh.gateway.dashboard.format import balance_money, usd_text
+from infermesh.gateway.dashboard.owned import account_key
 from infermesh.gateway.dashboard.pages._admin.limits import limit_changes, limit_rows
-from infermesh.gateway.dashboard.pages.overview import credits_text, usd_text
+from infermesh.gateway.dashboard.paging import cursor, given, page_link
 from infermesh.gateway.dashboard.routing import admin_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, Page, checked_form, redirect, render
 
@@ -32,24 +34,22 @@ _MAX_SEARCH = 200
 async def accounts_page(request: Request) -> Response:
     """Accounts by name, :data:`PAGE_SIZE` at a time, those whose name contains ``q``."""
     page = await admin_viewer(request)
-    search = _given(request.query_params.get("q"))
-    after = _given(request.query_params.get("after"))
+    search = given(request.query_params.get("q"))
+    after = cursor(request)
     if len(search or "") > _MAX_SEARCH or len(after or "") > _MAX_SEARCH:
         raise InvalidRequest(f"Search for at most {_MAX_SEARCH} characters.", param="q")
     accounts, more = await page.services.credits.accounts(
         search=search, limit=PAGE_SIZE, after=after
     )
-    query = {"q": search} if search else {}
+    last = accounts[-1].summary.account.name if more and accounts else None
     return render(
         request,
         "admin_accounts.html",
         session=page.session,
         accounts=accounts,
         search=search or "",
-        next_after=accounts[-1].summary.account.name if more and accounts else None,
-        query=query,
-        paged=after is not None,
-        usd=usd_text,
+        next_link=page_link(ACCOUNTS, {"q": search, "after": last}) if last else None,
+        first_link=page_link(ACCOUNTS, {"q": search}) if after is not None else None,
         notice=request.query_params.get("notice"),
     )
 
@@ -60,24 +60,17 @@ async def account_page(request: Request, account_id: str) -> Response:
     services = page.services
     account = await _account(page, account_id)
     statement = await services.credits.statement(account.name, entries=LEDGER_ENTRIES)
-    unit = services.billing.unit
-    balance = statement.balance
     return render(
         request,
         "admin_account.html",
         session=page.session,
         account=account,
-        money={
-            "balance": (usd_text(balance.balance), credits_text(balance.balance, unit)),
-            "held": (usd_text(balance.held), credits_text(balance.held, unit)),
-            "available": (usd_text(balance.available), credits_text(balance.available, unit)),
-        },
+        balance=balance_money(statement.balance, services.billing.unit),
         entries=statement.entries,
         tiers=sorted(services.billing.tiers.tiers()),
         limits=limit_rows(await services.limit_admin().show("account", account.name)),
         keys=await services.accounts.list_keys(account.name),
         reference=f"grant-{secrets.token_hex(8)}",
-        usd=usd_text,
         notice=request.query_params.get("notice"),
     )
 
@@ -104,7 +97,7 @@ async def grant_credit(request: Request, account_id: str) -> Response:
     fields = await checked_form(request, page.session)
     account = await _account(page, account_id)
     amount = parse_amount(fields.get("amount_usd", ""))
-    reference = _given(fields.get("reference"))
+    reference = given(fields.get("reference"))
     try:
         statement = await page.services.credits.grant(
             account.name, amount, reason=fields.get("reason", ""), reference=reference
@@ -133,7 +126,9 @@ async def revoke_key(request: Request, account_id: str, key_id: str) -> Response
     page = await admin_viewer(request)
     await checked_form(request, page.session)
     account = await _account(page, account_id)
-    key = await _key_of(page, account, key_id)
+    key = await account_key(
+        page.services, account.id, key_id, missing=f"{account.name} has no API key with this id."
+    )
     await page.services.accounts.revoke_key(key.id)
     return _back(account, f"Revoked the key {key.prefix}… of {account.name}: it no longer works.")
 
@@ -145,23 +140,5 @@ async def _account(page: Page, account_id: str) -> AccountRecord:
     return await page.services.accounts.get_account_by_id(int(account_id))
 
 
-async def _key_of(page: Page, account: AccountRecord, key_id: str) -> KeyRecord:
-    """The key ``key_id`` if it is ``account``'s; NotFound otherwise."""
-    try:
-        key = await page.services.accounts.get_key(key_id)
-    except NotFound:
-        key = None
-    if key is None or key.account_id != account.id:
-        raise NotFound(f"{account.name} has no API key with this id.", param="key_id")
-    return key
-
-
 def _back(account: AccountRecord, notice: str) -> Response:
     return redirect(f"{ACCOUNTS}/{account.id}", notice=notice)
-
-
-def _given(value: str | None) -> str | None:
-    """A field's value; None when left empty."""
-    if value is None:
-        return None
-    return value.strip() or None

@@ -7,11 +7,10 @@ paging links.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from fastapi import Request, Response
 
 from infermesh.billing.errors_view import FailedRequestLog
+from infermesh.gateway.dashboard.paging import cursor, given, page_link
 from infermesh.gateway.dashboard.routing import admin_viewer, dashboard_router
 from infermesh.gateway.dashboard.web import PREFIX, render
 
@@ -27,11 +26,9 @@ async def errors_page(request: Request) -> Response:
     services = page.services
     params = request.query_params
     filters = {
-        name: value
-        for name in ("error_code", "model")
-        if (value := (params.get(name) or "").strip())
+        name: value for name in ("error_code", "model") if (value := given(params.get(name)))
     }
-    after = (params.get("after") or "").strip() or None
+    after = cursor(request)
     await services.billing.flush()
     log = FailedRequestLog(services.database)
     failed, more = await log.page(
@@ -40,6 +37,7 @@ async def errors_page(request: Request) -> Response:
         error_code=filters.get("error_code"),
         model=filters.get("model"),
     )
+    last = failed[-1].id if more and failed else None
     return render(
         request,
         "admin_errors.html",
@@ -48,12 +46,8 @@ async def errors_page(request: Request) -> Response:
         filters=filters,
         codes=await log.error_codes(),
         models=sorted(spec.id for spec in services.catalog),
-        next_link=_link({**filters, "after": failed[-1].id}) if more and failed else None,
-        first_link=_link(filters) if after is not None else None,
+        next_link=page_link(ERRORS, {**filters, "after": last}) if last else None,
+        first_link=page_link(ERRORS, filters) if after is not None else None,
         page_size=PAGE_SIZE,
         notice=params.get("notice"),
     )
-
-
-def _link(params: dict[str, str]) -> str:
-    return f"{ERRORS}?{urlencode(params)}" if params else ERRORS

@@ -7,22 +7,11 @@ for none of its own (the tier's applies). The same settings as ``PATCH
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from infermesh.errors import InvalidRequest
-from infermesh.gateway.dashboard.pages.keys import LIMIT_LABELS
+from infermesh.gateway.dashboard.limit_fields import LIMIT_LABELS, limit_settings, typed_limit
 from infermesh.limits.admin import LimitsView
-from infermesh.limits.policy import (
-    LIMIT_NAMES,
-    UNLIMITED,
-    LimitName,
-    LimitSettings,
-    LimitValue,
-    parse_settings,
-)
-
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,16}")
+from infermesh.limits.policy import LIMIT_NAMES, LimitName, LimitSettings, LimitValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +48,8 @@ def limit_changes(fields: dict[str, str]) -> LimitSettings:
     """The account's own limits as the form sets them; a limit the form leaves out is
     left as it is, a blank one is cleared."""
     changes: dict[str, LimitValue | None] = {
-        name: _limit_value(name, fields[name]) for name in LIMIT_NAMES if name in fields
+        name: typed_limit(name, fields[name], unlimited=True)
+        for name in LIMIT_NAMES
+        if name in fields
     }
-    try:
-        return parse_settings(changes)
-    except ValueError as exc:
-        raise InvalidRequest(f"Invalid limits: {exc}.", code="invalid_limits") from None
-
-
-def _limit_value(name: LimitName, typed: str) -> LimitValue | None:
-    text = typed.strip().replace(",", "").replace("_", "").lower()
-    if not text:
-        return None
-    if text == UNLIMITED:
-        return "unlimited"
-    if not _WHOLE_NUMBER.fullmatch(text):
-        raise InvalidRequest(
-            f'{LIMIT_LABELS[name]}: give a whole number or "{UNLIMITED}", or leave it blank.',
-            param=name,
-            code="invalid_limits",
-        )
-    return int(text)
+    return limit_settings(changes)
