@@ -4,7 +4,7 @@ worker) on the fast fake engine, beside the engine hit directly with the same bo
 
 Run (from the repository root; wrk must be installed):
 
-    python bench/endpoints.py [--quick] [--duration 8] [--warmup 2] [--tokens 32]
+    python bench/endpoints.py [--quick] [--duration 5] [--warmup 2] [--tokens 32]
         [--max-foreign 0.05] [--attempts 4] [--profile /tmp/endpoint-profiles]
         [--json bench/results/endpoints-DATE.json]
 
@@ -173,6 +173,18 @@ def scenarios(tokens: int) -> list[Scenario]:
     ]
 
 
+def chosen_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios --only names (all without it)."""
+    every = scenarios(args.tokens)
+    if not args.only:
+        return every
+    names = set(args.only.split(","))
+    unknown = names - {scenario.name for scenario in every}
+    if unknown:
+        raise SystemExit(f"--only: no scenario {', '.join(sorted(unknown))}")
+    return [scenario for scenario in every if scenario.name in names]
+
+
 # --- measuring ---------------------------------------------------------------------
 
 
@@ -221,14 +233,15 @@ def measure_at(
     attempts: list[Metrics] = []
     while len(attempts) < args.attempts:
         if attempts:
-            print(f"  {scenario.name} c{connections}: other processes used the CPUs; again",
+            busy = attempts[-1][key]
+            print(f"  {scenario.name} c{connections}: other processes used {busy:.2f} CPU; again",
                   file=sys.stderr, flush=True)  # fmt: skip
             wait_for_quiet(args.max_foreign, args.quiet_wait)
         attempts.append(measured_run(target, scenario, connections, args))
         if attempts[-1][key] <= args.max_foreign:
             break
     best = min(attempts, key=lambda metrics: metrics[key])
-    return best | {f"c{connections}_attempts": len(attempts)}
+    return best | {f"c{connections}_attempts": [metrics[key] for metrics in attempts]}
 
 
 def measured_run(
@@ -344,9 +357,10 @@ def wait_for_quiet(most: float, patience: float) -> None:
 
 
 def run_all(processes: stack.Processes, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    chosen = scenarios(args.tokens)
+    chosen = chosen_scenarios(args)
     engine = stack.start_engine(processes, workdir, args.load_cpus, args.tokens, embed=True)
-    direct = [scenario for scenario in chosen if scenario.engine == scenario.name]
+    engine_bodies = {scenario.engine for scenario in chosen}
+    direct = [scenario for scenario in scenarios(args.tokens) if scenario.name in engine_bodies]
     results: dict[str, Any] = {
         "scenarios": {scenario.name: described(scenario) for scenario in chosen}
     }
@@ -386,6 +400,9 @@ def report_complaints(data_dir: Path) -> None:
             print(f"{log}: warnings and errors:", file=sys.stderr)
             for line, count in complaints:
                 print(f"  {count:6d} x {line}", file=sys.stderr)
+            first = stack.first_error(data_dir / log)
+            if first:
+                print(f"the first error in full:\n{first}", file=sys.stderr)
 
 
 # --- the report --------------------------------------------------------------------
@@ -444,8 +461,11 @@ def notes(results: dict[str, Any], max_foreign: float) -> list[str]:
                 run = f"{target} {name} {key.split('_')[0]}"
                 if key.endswith("_errors") and value:
                     found.append(f"{run}: {value} errors")
-                elif key.endswith("_attempts") and value > 1:
-                    found.append(f"{run}: measured {value} times (other processes were busy)")
+                elif key.endswith("_attempts") and len(value) > 1:
+                    busy = ", ".join(f"{share:.2f}" for share in value)
+                    found.append(
+                        f"{run}: measured {len(value)} times (other processes: {busy} CPU)"
+                    )
                 elif key.endswith("_foreign_cpu") and value > max_foreign:
                     found.append(f"{run}: noisy, other processes used {value:.2f} CPU")
     return found or ["no errors; every run had the CPUs to itself"]
@@ -456,10 +476,11 @@ def notes(results: dict[str, Any], max_foreign: float) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-ups")
-    parser.add_argument("--duration", type=float, help="seconds per measurement (8)")
+    parser.add_argument("--quick", action="store_true", help="2 s runs, 1 s warm-ups")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (5)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each (2)")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per answer (32)")
+    parser.add_argument("--only", help="scenarios to run, by name, comma-separated (all)")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks")
     parser.add_argument("--profile-top", type=int, default=8, help="lines per profile section")
     parser.add_argument(
@@ -468,13 +489,13 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--attempts", type=int, default=4, help="runs at most per measurement")
     parser.add_argument(
-        "--quiet-wait", type=float, default=120, help="seconds to wait for quiet before a rerun"
+        "--quiet-wait", type=float, default=60, help="seconds to wait for quiet before a rerun"
     )
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--gateway-cpus", default="0", help="CPUs of the gateway (taskset)")
     parser.add_argument("--load-cpus", default="1", help="CPUs of everything else")
     args = parser.parse_args()
-    args.duration = args.duration or (3.0 if args.quick else 8.0)
+    args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.json = args.json or stack.BENCH_DIR / "results" / f"endpoints-{stamp}.json"
@@ -500,7 +521,7 @@ def main() -> None:
         processes.stop_all()
     for name, summary in results.get("profiles", {}).items():
         print(f"\nprofile of the gateway, {name} ({args.profile / name}.collapsed.txt):\n{summary}")
-    table = markdown_table(results, scenarios(args.tokens))
+    table = markdown_table(results, chosen_scenarios(args))
     remarks = notes(results, args.max_foreign)
     print("\n" + table + "\n\n" + "\n".join(remarks))
     report.write_json(args.json, info=info, args=args, results=results, table=table, checks=remarks)

@@ -45,6 +45,8 @@ class Embedded:
     """The vectors of an embedding request (base64 of float32, in input order), charged."""
 
     vectors: list[str]
+    decoded: list[bytes]
+    """The same vectors as float32 values."""
     model: str
     usage: CompletionUsage
     result: RunResult
@@ -119,7 +121,9 @@ class ChatService:
         generation, result = run.generation, run.result
         assert generation is not None and generation.vectors is not None and result is not None
         usage = billed_usage(result.usage, result.cost)
-        return Embedded(generation.vectors.encoded(), generation.identity.model, usage, result)
+        vectors = generation.vectors
+        model = generation.identity.model
+        return Embedded(vectors.encoded(), vectors.decoded(), model, usage, result)
 
     @staticmethod
     def completed(run: ChatRun) -> Completed:

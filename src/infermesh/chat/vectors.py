@@ -26,6 +26,7 @@ class VectorAssembly:
         self.dimensions = dimensions
         self._chars = vector_chars(dimensions)
         self._vectors: list[str | None] = [None] * count
+        self._decoded: list[bytes] = [b""] * count
         self._received = 0
 
     @property
@@ -49,6 +50,7 @@ class VectorAssembly:
             if not _finite(raw):
                 raise _bad(f"a vector with a number that is not finite for input {index}")
             self._vectors[index] = vector.embedding
+            self._decoded[index] = raw
             self._received += 1
 
     def finish(self) -> None:
@@ -60,19 +62,29 @@ class VectorAssembly:
         """The vectors, in input order, as base64 of little-endian float32 values."""
         return [vector for vector in self._vectors if vector is not None]
 
+    def decoded(self) -> list[bytes]:
+        """The vectors, in input order, as little-endian float32 values (decoded once,
+        when they were checked)."""
+        return self._decoded if self.complete else []
+
 
 def embedding_list(
-    vectors: list[str], *, model: str, encoding: str, usage: dict[str, Any]
+    vectors: list[str],
+    decoded: list[bytes],
+    *,
+    model: str,
+    encoding: str,
+    usage: dict[str, Any],
 ) -> bytes:
     """The ``list`` of ``embedding`` objects a client gets, as JSON bytes (float vectors
-    are written by orjson straight from their float32 values)."""
+    are written by orjson straight from their float32 values, ``decoded``)."""
     import numpy as np  # not on the import path of a gateway that serves no embeddings
 
     data: list[dict[str, Any]] = []
     for index, vector in enumerate(vectors):
         value: Any = vector
         if encoding != "base64":
-            value = np.frombuffer(base64.b64decode(vector), dtype="<f4")
+            value = np.frombuffer(decoded[index], dtype="<f4")
         data.append({"object": "embedding", "index": index, "embedding": value})
     body = {"object": "list", "data": data, "model": model, "usage": usage}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

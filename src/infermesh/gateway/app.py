@@ -53,6 +53,7 @@ from infermesh.gateway.routes import (
     workers,
 )
 from infermesh.gateway.routes import channels as channels_routes
+from infermesh.gateway.shortcuts import bare_endpoint
 from infermesh.gateway.state import Services
 from infermesh.gateway.worker_session import REVOCATION_CHECK_EVERY
 from infermesh.jobs.setup import build_jobs
@@ -213,7 +214,12 @@ def create_app(
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         log_json=settings.log_json,
-        shortcuts={("POST", chat.CHAT_PATH): chat.chat_endpoint},
+        shortcuts={
+            ("POST", chat.CHAT_PATH): bare_endpoint(chat.create_chat_completion),
+            ("POST", responses.RESPONSES_PATH): bare_endpoint(responses.create_response),
+            ("POST", messages.MESSAGES_PATH): bare_endpoint(messages.create_message),
+            ("POST", embeddings.EMBEDDINGS_PATH): bare_endpoint(embeddings.create_embeddings),
+        },
         error_renderers={messages.MESSAGES_PATH: messages.anthropic_error},
     )
     return app

@@ -13,10 +13,9 @@ from starlette.types import Receive, Scope, Send
 
 from infermesh.chat.assembly import ResponseIdentity
 from infermesh.chat.run import ChatRun, RunResult
-from infermesh.errors import InfermeshError
 from infermesh.gateway.deps import authenticate, get_record, get_services
 from infermesh.gateway.disconnect import unless_client_leaves
-from infermesh.gateway.errors import invalid_request_from, render
+from infermesh.gateway.errors import invalid_request_from
 from infermesh.gateway.routes.results import enqueue_job, prefers_async
 from infermesh.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from infermesh.protocol.chat import ChoiceDelta as Delta
@@ -159,19 +158,3 @@ def bill_headers(result: RunResult) -> dict[str, str]:
         headers["x-infermesh-balance-micro-usd"] = str(settled.balance.balance)
         headers["x-infermesh-available-micro-usd"] = str(settled.balance.available)
     return headers
-
-
-async def chat_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /v1/chat/completions`` as a bare ASGI app, which the request middleware
-    calls directly: FastAPI's router, request wrapper and exception middleware were a
-    fifth of the gateway's time per request. Errors are rendered as the app's own
-    handlers render them (the route above stays, for the OpenAPI schema)."""
-    request = Request(scope, receive)
-    try:
-        response = await create_chat_completion(request)
-    except InfermeshError as exc:
-        (await get_record(request)).error_code = exc.code
-        response = render(exc)
-    except ValidationError as exc:
-        response = render(invalid_request_from(list(exc.errors())))
-    await response(scope, receive, send)

@@ -58,6 +58,7 @@ async def create_embeddings(request: Request) -> Response:
     usage = embedded.usage
     body = embedding_list(
         embedded.vectors,
+        embedded.decoded,
         model=embedded.model,
         encoding=embedding_request.encoding_format or "float",
         usage={
