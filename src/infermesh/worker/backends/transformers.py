@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infermesh.errors import BackendError, InvalidRequest
@@ -200,7 +201,7 @@ class TransformersBackend:
 
     def _load_embedder(self, name: str) -> Embedder:
         """Load an embedding model's tokenizer and weights (runs in a thread)."""
-        from infermesh.worker.engine.embedder import Embedder
+        from infermesh.worker.engine.embedder import Embedder, pooling_of
 
         tokenizer, model = self._weights(name, embedding=True)
         return Embedder(
@@ -208,7 +209,24 @@ class TransformersBackend:
             tokenizer,
             context_length=_embedding_context_length(model, tokenizer),
             max_batch_size=self._max_batch_size,
+            pooling=pooling_of(_model_directory(name)),
         )
+
+
+def _model_directory(name: str) -> Path | None:
+    """Where the files of model ``name`` lie: the directory itself, or the snapshot of a
+    hub model in the local Hugging Face cache (looked up offline, never downloaded); None
+    if the cache holds none of its sentence-transformers files."""
+    directory = Path(name)
+    if directory.is_dir():
+        return directory
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "modules.json")
+    except Exception:  # no huggingface_hub, or not a valid repository id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 async def stream_chunks(

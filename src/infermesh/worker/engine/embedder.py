@@ -5,8 +5,10 @@ input longer than the context window is refused, never cut), sorted by length so
 batch pads little, then queued. One task takes up to ``max_batch_size`` inputs at a time
 (and at most :data:`MAX_BATCH_TOKENS` padded tokens), one from each job waiting in turn,
 so a job that came late shares the forward passes of a large one instead of waiting
-behind it; the forward pass runs on a thread. A vector is the mean of the last hidden
-states over the input's tokens, normalised to length 1.
+behind it; the forward pass runs on a thread. A vector pools the last hidden states of
+the input's tokens as the model was trained to (:class:`Pooling`, read from its
+sentence-transformers files by :func:`pooling_of`; the mean when it has none), normalised
+to length 1.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +37,75 @@ MAX_BATCH_TOKENS = 32768
 """Padded tokens one forward pass takes at most (beyond one input: each goes alone)."""
 
 
+PoolingMode = Literal["mean", "cls", "last", "max"]
+
+_MODES: dict[str, PoolingMode] = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "last",
+    "pooling_mode_max_tokens": "max",
+}
+_POOLING_MODULE = "sentence_transformers.models.Pooling"
+_NORMALIZE_MODULE = "sentence_transformers.models.Normalize"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How one vector is made of an input's last hidden states: ``mode`` is the mean of
+    its tokens, its first (CLS) token, its last real token or the maximum of each value;
+    ``normalize`` scales the vector to length 1."""
+
+    mode: PoolingMode = "mean"
+    normalize: bool = True
+
+
+def pooling_of(directory: Path | None) -> Pooling:
+    """The pooling a model was trained with, from the sentence-transformers files in its
+    ``directory`` (``modules.json`` and its Pooling module's ``config.json``); the mean
+    when there are none or they cannot be read, and, with a warning, when they ask for
+    a pooling not supported here (several modes together, ``mean_sqrt_len``, ...).
+
+    The vectors are always normalised, even for a model whose files have no Normalize
+    module (e5, for one): an OpenAI-compatible API promises vectors of length 1, and its
+    clients rank by dot product as if it were the cosine. A cosine ranking is the same
+    either way, and a vector cut to ``dimensions`` is normalised again anyway; only a
+    client after the raw length (which no OpenAI model gives) would lose.
+    """
+    found = _sentence_transformers_pooling(directory) if directory is not None else None
+    if found is None:
+        logger.info("embedding model %s: mean pooling (no sentence-transformers files)", directory)
+        return Pooling()
+    mode, normalize = found
+    if mode is None:
+        logger.warning(
+            "embedding model %s: unsupported sentence-transformers pooling; using the mean",
+            directory,
+        )
+        mode = "mean"
+    unlike = "" if normalize else " (its files have no Normalize module)"
+    logger.info("embedding model %s: %s pooling, normalised%s", directory, mode, unlike)
+    return Pooling(mode, normalize=True)
+
+
+def _sentence_transformers_pooling(directory: Path) -> tuple[PoolingMode | None, bool] | None:
+    """The pooling mode (None if not supported) and whether a Normalize module follows,
+    from ``directory``'s sentence-transformers files; None without readable ones."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+        types = {module["type"]: str(module.get("path", "")) for module in modules}
+        if _POOLING_MODULE not in types:
+            return None
+        config_file = directory / types[_POOLING_MODULE] / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    chosen = [key for key, on in config.items() if key.startswith("pooling_mode") and on is True]
+    mode = _MODES.get(chosen[0]) if len(chosen) == 1 else None
+    return mode, _NORMALIZE_MODULE in types
+
+
 @dataclass(eq=False)
 class _Input:
     ids: list[int]
@@ -41,8 +114,8 @@ class _Input:
 
 class Embedder:
     """One embedding model: ``dimensions`` is the length of its vectors,
-    ``context_length`` the most tokens an input may have, ``passes`` the forward passes
-    it has run."""
+    ``context_length`` the most tokens an input may have, ``pooling`` how its vectors
+    are made of the last hidden states, ``passes`` the forward passes it has run."""
 
     def __init__(
         self,
@@ -52,11 +125,13 @@ class Embedder:
         context_length: int,
         max_batch_size: int = 8,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
+        pooling: Pooling = Pooling(),
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.context_length = context_length
         self.dimensions = _hidden_size(model)
+        self.pooling = pooling
         self._model = model
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
@@ -160,7 +235,7 @@ class Embedder:
         return batch
 
     def _forward(self, batch: list[list[int]]) -> Vectors:
-        """The normalised mean-pooled vectors of ``batch`` (runs on a thread)."""
+        """The pooled vectors of ``batch`` (runs on a thread)."""
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -170,10 +245,7 @@ class Embedder:
         device = self._model.device
         with torch.inference_mode():
             output = self._model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            hidden = output[0].float()
-            weights = mask.to(device).unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-            vectors = torch.nn.functional.normalize(pooled, dim=-1)
+            vectors = _pooled(output[0].float(), mask.to(device), self.pooling)
             if not bool(torch.isfinite(vectors).all()):
                 raise BackendError("The embedding model produced values that are not finite.")
         result: Vectors = vectors.cpu().numpy()
@@ -198,6 +270,24 @@ class Embedder:
                     f"({self._vocabulary} tokens).",
                     param="input",
                 )
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """One vector per row of ``hidden`` (batch, tokens, values), pooled over the tokens
+    that ``mask`` marks real, padded on either side."""
+    real = mask.unsqueeze(-1).bool()
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling.mode == "cls":
+        vectors = hidden[rows, mask.argmax(dim=1)]  # the first real token
+    elif pooling.mode == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device) * mask
+        vectors = hidden[rows, positions.argmax(dim=1)]  # the last real token
+    elif pooling.mode == "max":
+        vectors = hidden.masked_fill(~real, float("-inf")).max(dim=1).values
+    else:
+        weights = real.float()
+        vectors = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    return torch.nn.functional.normalize(vectors, dim=-1) if pooling.normalize else vectors
 
 
 def _fail(inputs: Iterable[_Input], message: str) -> None:
