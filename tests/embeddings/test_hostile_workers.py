@@ -28,6 +28,8 @@ from tests.support.waiting import wait_until
 
 JSON = dict[str, Any]
 DIMS = 4
+STALL_LIMIT = 3.0
+"""Seconds a worker may stay silent on a job here (before its first chunk, or between)."""
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         embedded_worker=False,
         tier_limits={"emb-tpm": {"tokens_per_minute": 40}},
         tier_access={"pro": ["*"], "emb-tpm": ["*"]},
+        first_token_timeout=STALL_LIMIT,
+        chunk_timeout=STALL_LIMIT,
         **HEARTBEAT,
     ) as running:
         yield running
@@ -98,13 +102,15 @@ async def next_job(worker: RawWorker) -> JSON:
 
 
 def embed(
-    gateway: RunningGateway, inputs: list[str], *, key: str | None = None
+    gateway: RunningGateway, inputs: list[str], *, key: str | None = None, timeout: float = 30
 ) -> asyncio.Task[httpx.Response]:
+    """The request, made from a thread; ``timeout``: when the client gives up (the task
+    then fails with httpx's timeout)."""
     body = {"model": "raw-embed", "input": inputs, "encoding_format": "base64"}
     headers = {"Authorization": f"Bearer {key or gateway.key}"}
 
     def post() -> httpx.Response:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=timeout) as client:
             return client.post(f"{gateway.base_url}/v1/embeddings", json=body, headers=headers)
 
     return asyncio.create_task(asyncio.to_thread(post))
@@ -260,3 +266,75 @@ async def test_embeddings_draw_from_the_token_rate_limit_like_chat(
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["param"] == "tokens_per_minute"
     assert refused.headers["retry-after"]
+
+
+def credit(gateway: RunningGateway, key: str) -> JSON:
+    response = httpx.get(
+        f"{gateway.base_url}/v1/credits/balance",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    answer: JSON = response.json()
+    return answer
+
+
+def records_of(gateway: RunningGateway, key: str) -> list[JSON]:
+    response = httpx.get(
+        f"{gateway.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    data: list[JSON] = response.json()["data"]
+    return data
+
+
+async def test_a_worker_that_stalls_is_stopped_and_nothing_is_billed(
+    gateway: RunningGateway,
+) -> None:
+    key = await create_key(gateway.settings, "stalled-on")
+    before = await asyncio.to_thread(credit, gateway, key)
+    async with embedder(gateway, "staller") as worker:
+        answer = embed(gateway, ["never answered"], key=key)
+        job = await next_job(worker)
+        cancel = await asyncio.wait_for(worker.next_frame("cancel"), timeout=30)
+        assert cancel["job_id"] == job["id"]  # stopped once it was silent too long
+        response = await answer
+    assert response.status_code in (502, 503), response.text  # failed over, none left
+    assert response.json()["error"]["code"] in {"worker_timeout", "no_worker_available"}
+
+    def settled() -> bool:
+        return any(record["status"] == "failed" for record in records_of(gateway, key))
+
+    wait_until(settled, timeout=10, what="the failed request's record")
+    record = records_of(gateway, key)[0]
+    assert (record["endpoint"], record["cost"]["micro_usd"]) == ("embeddings", 0)
+    after = await asyncio.to_thread(credit, gateway, key)
+    assert after["balance"] == before["balance"] and after["held"]["micro_usd"] == 0
+
+
+async def test_a_client_that_hangs_up_frees_the_hold_and_the_workers_slot(
+    gateway: RunningGateway,
+) -> None:
+    key = await create_key(gateway.settings, "hangs-up")
+    before = await asyncio.to_thread(credit, gateway, key)
+    async with embedder(gateway, "slow-one") as worker:  # one job at a time
+        gone = embed(gateway, ["the client leaves"], key=key, timeout=1.0)
+        job = await next_job(worker)
+        with pytest.raises(httpx.TimeoutException):
+            await gone  # the client gave up while the worker held the job
+        cancel = await asyncio.wait_for(worker.next_frame("cancel"), timeout=30)
+        assert cancel["job_id"] == job["id"]
+        answer = embed(gateway, ["the next one"], key=key)  # the slot is free again
+        second = await next_job(worker)
+        await worker.send(vectors_chunk(second, (0, GOOD)))
+        await worker.send(done(second, prompt=3))
+        assert (await answer).status_code == 200
+
+    def settled() -> bool:
+        return len(records_of(gateway, key)) == 2
+
+    wait_until(settled, timeout=10, what="both requests' records")
+    statuses = {record["status"]: record for record in records_of(gateway, key)}
+    assert statuses["cancelled"]["cost"]["micro_usd"] == 0
+    assert statuses["succeeded"]["cost"]["micro_usd"] == 3000
+    after = await asyncio.to_thread(credit, gateway, key)
+    assert after["held"]["micro_usd"] == 0  # the hold of the one that left was given back
+    assert after["balance"]["micro_usd"] == before["balance"]["micro_usd"] - 3000
