@@ -53,3 +53,18 @@ def test_metrics_count_tokens_by_direction() -> None:
     text = metrics.render().decode()
     assert 'infermesh_tokens_total{direction="prompt",model="m"} 3.0' in text
     assert 'infermesh_tokens_total{direction="completion",model="m"} 4.0' in text
+
+
+def test_where_it_failed_names_the_place_and_never_the_message() -> None:
+    from infermesh.telemetry import where_it_failed
+
+    def translate_answer() -> None:
+        raise ValueError("the answer was: canary-4f1e")
+
+    try:
+        translate_answer()
+    except ValueError as exc:
+        summary = where_it_failed(exc)
+    assert summary.startswith("ValueError at ") and summary.endswith(" in translate_answer")
+    assert "canary" not in summary
+    assert where_it_failed(KeyError("x")) == "KeyError"  # never raised: no frame to name

@@ -116,6 +116,20 @@ class Metrics:
         return data
 
 
+def where_it_failed(exc: BaseException) -> str:
+    """An exception's type and the innermost frame it was raised in, without its message:
+    what a log line may say of a failure while handling text (a message may quote the
+    text, e.g. a validation error's input)."""
+    frame = None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frame, traceback = traceback, traceback.tb_next
+    if frame is None:
+        return type(exc).__name__
+    code = frame.tb_frame.f_code
+    return f"{type(exc).__name__} at {code.co_filename}:{frame.tb_lineno} in {code.co_name}"
+
+
 def format_access_line(record: RequestRecord, *, as_json: bool) -> str:
     """The one log line of a request. Built from ids and counts only.
 

@@ -25,7 +25,7 @@ from infermesh.protocol.chat import (
 from infermesh.protocol.chat import ChoiceDelta as Delta
 from infermesh.protocol.embeddings import EmbeddingRequest
 from infermesh.protocol.errors import ErrorBody
-from infermesh.telemetry import RequestRecord
+from infermesh.telemetry import RequestRecord, where_it_failed
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ class ChatService:
                 yield identity.chunk(None, usage=billed_usage(usage, cost))
         except InfermeshError as exc:
             yield ErrorBody(message=exc.message, type=exc.error_type, code=exc.code)
-        except Exception:
-            logger.exception("stream %s failed", identity.completion_id)
+        except Exception as exc:  # logged without its message: it may quote the answer
+            logger.error("stream %s failed: %s", identity.completion_id, where_it_failed(exc))
             yield ErrorBody(
                 message="The stream failed on the server.",
                 type="server_error",

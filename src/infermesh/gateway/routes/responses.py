@@ -22,6 +22,7 @@ from infermesh.gateway.routes.chat import RunStream, answer_headers, stream_head
 from infermesh.protocol.chat import ChatCompletionChunk
 from infermesh.protocol.errors import ErrorBody
 from infermesh.protocol.responses import ResponseRequest, StreamEvent
+from infermesh.telemetry import where_it_failed
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -101,8 +102,9 @@ async def _server_sent_events(
                 yield _frame(event)
         for event in stream.closing(completed_at=int(time.time())):
             yield _frame(event)
-    except Exception:  # a stream always ends with an event saying how
-        logger.exception("responses stream failed")
+    except Exception as exc:  # a stream always ends with an event saying how
+        # logged without its message: it may quote the answer
+        logger.error("responses stream failed: %s", where_it_failed(exc))
         for event in stream.add(_STREAM_FAILED):
             yield _frame(event)
 
