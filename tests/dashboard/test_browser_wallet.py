@@ -22,8 +22,9 @@ from eth_account.signers.local import LocalAccount
 from playwright.sync_api import Page, expect
 
 from tests.dashboard.browser import Tab
-from tests.dashboard.test_wallet_billing import USDC, Chain, chain, paying_gateway
+from tests.dashboard.test_wallet_billing import USDC, chain, paying_gateway
 from tests.payments.chain import mine, mint
+from tests.payments.test_permits import Relayed
 from tests.support.gateway import RunningGateway
 
 __all__ = ["chain"]  # the fixture: anvil with the token, for this module too
@@ -48,7 +49,7 @@ Answer = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def gateway(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def gateway(chain: Relayed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with paying_gateway(chain, tmp_path_factory.mktemp("browser-wallet")) as running:
         yield running
 
@@ -88,7 +89,7 @@ def with_wallet(page: Page, wallet: LocalAccount, chain_id: int) -> list[str]:
     return asked
 
 
-def until_credited(page: Page, chain: Chain) -> None:
+def until_credited(page: Page, chain: Relayed) -> None:
     """Mine a block at a time until the page shows the newest deposit credited (the
     page refreshes its list by itself), with a deadline."""
     status = page.locator("#billing-deposits tbody tr").first.locator(".deposit-status")
@@ -104,7 +105,7 @@ def until_credited(page: Page, chain: Chain) -> None:
 
 
 def test_sign_in_with_a_wallet_and_top_up_by_permit(
-    chain: Chain, gateway: RunningGateway, tab: Tab
+    chain: Relayed, gateway: RunningGateway, tab: Tab
 ) -> None:
     page = tab.page
     wallet = Account.create()

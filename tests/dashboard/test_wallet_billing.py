@@ -13,7 +13,6 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,11 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
-from web3.types import RPCEndpoint
 
 from tests.dashboard.test_sessions import CSRF, browser, page_csrf, session_cookie, sign_in
-from tests.payments.chain import deploy_token, mine, mint, require_anvil, run_anvil
-from tests.payments.test_deposits import Usdc, fund, send
+from tests.payments.chain import mine, mint
+from tests.payments.test_deposits import fund, send
+from tests.payments.test_permits import Relayed, relayed_chain
 from tests.support.gateway import RunningGateway, start_gateway
 from tests.support.servers import free_port
 
@@ -35,26 +34,13 @@ USDC = 1_000_000
 pytestmark = pytest.mark.anvil
 
 
-@dataclass
-class Chain:
-    """anvil with the token, the treasury, and the relayer the gateway sends permits with."""
-
-    usdc: Usdc
-    relayer: LocalAccount
-
-
 @pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    binary = require_anvil()
-    with run_anvil(binary=binary) as node:
-        relayer = Account.create()
-        node.w3.manager.request_blocking(
-            RPCEndpoint("anvil_setBalance"), [relayer.address, hex(10**18)]
-        )
-        yield Chain(Usdc(node, deploy_token(node.w3), Account.create().address), relayer)
+def chain() -> Iterator[Relayed]:
+    with relayed_chain() as relayed:
+        yield relayed
 
 
-def paying_gateway(chain: Chain, data_dir: Path) -> AbstractContextManager[RunningGateway]:
+def paying_gateway(chain: Relayed, data_dir: Path) -> AbstractContextManager[RunningGateway]:
     """A gateway with USDC payments and a relayer on ``chain``; its wallet sign-in
     messages name its own host and port, as a browser there sees them."""
     port = free_port()
@@ -75,7 +61,7 @@ def paying_gateway(chain: Chain, data_dir: Path) -> AbstractContextManager[Runni
 
 
 @pytest.fixture(scope="module")
-def gateway(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def gateway(chain: Relayed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with paying_gateway(chain, tmp_path_factory.mktemp("dashboard-billing")) as running:
         yield running
 
@@ -148,7 +134,7 @@ def first_status(html: str) -> str | None:
     return found.group(1) if found else None
 
 
-def until_credited(chain: Chain, client: httpx.Client) -> str:
+def until_credited(chain: Relayed, client: httpx.Client) -> str:
     """Mine blocks until the newest deposit is credited (polled, with a deadline); the
     fragment that says so."""
     deadline = time.monotonic() + 20
@@ -246,7 +232,7 @@ def test_wallet_sign_in_needs_the_sign_in_pages_token(gateway: RunningGateway) -
 
 
 def test_claiming_a_transfer_credits_it_on_this_accounts_page_only(
-    chain: Chain, gateway: RunningGateway
+    chain: Relayed, gateway: RunningGateway
 ) -> None:
     payer, stranger = Account.create(), Account.create()
     with browser(gateway) as client, browser(gateway) as other:
@@ -279,7 +265,7 @@ def test_claiming_a_transfer_credits_it_on_this_accounts_page_only(
 
 
 def test_the_page_follows_a_deposit_while_it_is_under_way(
-    chain: Chain, gateway: RunningGateway
+    chain: Relayed, gateway: RunningGateway
 ) -> None:
     payer = Account.create()
     with browser(gateway) as client:
@@ -298,7 +284,7 @@ def test_the_page_follows_a_deposit_while_it_is_under_way(
 
 
 def test_a_permit_signed_for_the_page_is_relayed_and_credited(
-    chain: Chain, gateway: RunningGateway
+    chain: Relayed, gateway: RunningGateway
 ) -> None:
     payer = Account.create()
     mint(chain.usdc.token, payer.address, 20 * USDC)

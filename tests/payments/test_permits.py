@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ class Relayed:
     relayer: LocalAccount
 
 
-@pytest.fixture(scope="module")
-def relayed() -> Iterator[Relayed]:
+@contextmanager
+def relayed_chain() -> Iterator[Relayed]:
+    """anvil with TestUSDC deployed, a treasury, and a relayer with ETH for gas."""
     binary = require_anvil()
     with run_anvil(binary=binary) as node:
         relayer = Account.create()
@@ -64,6 +66,12 @@ def relayed() -> Iterator[Relayed]:
             RPCEndpoint("anvil_setBalance"), [relayer.address, hex(10**18)]
         )
         yield Relayed(Usdc(node, deploy_token(node.w3), Account.create().address), relayer)
+
+
+@pytest.fixture(scope="module")
+def relayed() -> Iterator[Relayed]:
+    with relayed_chain() as chain:
+        yield chain
 
 
 def relayer_settings(relayed: Relayed) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3.types import RPCEndpoint
 
 from infermesh.billing.ledger import CreditLedger
 from infermesh.config import Settings
@@ -31,12 +30,9 @@ from infermesh.store import Database
 from tests.payments.chain import (
     Signed,
     TokenDomain,
-    deploy_token,
     mine,
     new_authorization_nonce,
-    require_anvil,
     resign,
-    run_anvil,
     sign_authorization,
     transact,
 )
@@ -44,7 +40,6 @@ from tests.payments.test_deposits import (
     AMOUNT,
     CONFIRMATIONS,
     MINIMUM,
-    Usdc,
     User,
     balance,
     ledger_entries,
@@ -54,6 +49,7 @@ from tests.payments.test_deposits import (
 )
 from tests.payments.test_permits import (
     Relayed,
+    relayed_chain,
     relayer_sent,
     relayer_settings,
     sign_in,
@@ -72,13 +68,8 @@ NETWORK = "base"  # anvil runs with Base's chain id, 8453
 
 @pytest.fixture(scope="module")
 def relayed() -> Iterator[Relayed]:
-    binary = require_anvil()
-    with run_anvil(binary=binary) as node:
-        relayer = Account.create()
-        node.w3.manager.request_blocking(
-            RPCEndpoint("anvil_setBalance"), [relayer.address, hex(10**18)]
-        )
-        yield Relayed(Usdc(node, deploy_token(node.w3), Account.create().address), relayer)
+    with relayed_chain() as chain:
+        yield chain
 
 
 @pytest.fixture(scope="module")
