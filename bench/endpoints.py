@@ -377,7 +377,7 @@ def run_all(processes: stack.Processes, workdir: Path, args: argparse.Namespace)
                 results["profiles"] = {"failed": str(exc)}
     finally:
         processes.stop_all_but(engine.pid)
-        report_complaints(workdir / config.name)
+        stack.report_complaints(workdir / config.name)
     return results
 
 
@@ -391,18 +391,6 @@ def described(scenario: Scenario) -> dict[str, Any]:
         "stream": scenario.stream,
         "engine_alone": scenario.engine,
     }
-
-
-def report_complaints(data_dir: Path) -> None:
-    for log in ("gateway.log", "worker.log"):
-        complaints = stack.complaints(data_dir / log)
-        if complaints:
-            print(f"{log}: warnings and errors:", file=sys.stderr)
-            for line, count in complaints:
-                print(f"  {count:6d} x {line}", file=sys.stderr)
-            first = stack.first_error(data_dir / log)
-            if first:
-                print(f"the first error in full:\n{first}", file=sys.stderr)
 
 
 # --- the report --------------------------------------------------------------------

@@ -280,16 +280,7 @@ def measure_infermesh(
         return metrics
     finally:
         processes.stop_all_but(engine.pid)
-        data_dir = workdir / config.name.replace("+", "-")
-        for log in ("gateway.log", "worker.log"):
-            complaints = stack.complaints(data_dir / log)
-            if complaints:
-                print(f"{config.name} {log}: warnings and errors:", file=sys.stderr)
-                for line, count in complaints:
-                    print(f"  {count:6d} x {line}", file=sys.stderr)
-                first = stack.first_error(data_dir / log)
-                if first:
-                    print(f"the first error in full:\n{first}", file=sys.stderr)
+        stack.report_complaints(workdir / config.name.replace("+", "-"), label=config.name)
 
 
 def run_litellm(

@@ -146,6 +146,21 @@ def first_error(log: Path, lines: int = 40) -> str:
     return ""
 
 
+def report_complaints(data_dir: Path, *, label: str = "") -> None:
+    """Print, to stderr, the warnings and errors the gateway's and the worker's logs in
+    ``data_dir`` hold (counted), and the first error in full."""
+    prefix = f"{label} " if label else ""
+    for log in ("gateway.log", "worker.log"):
+        found = complaints(data_dir / log)
+        if found:
+            print(f"{prefix}{log}: warnings and errors:", file=sys.stderr)
+            for line, count in found:
+                print(f"  {count:6d} x {line}", file=sys.stderr)
+            first = first_error(data_dir / log)
+            if first:
+                print(f"the first error in full:\n{first}", file=sys.stderr)
+
+
 def tail(log: Path, lines: int = 30) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
